@@ -1,0 +1,55 @@
+# modeldeploy: the front door. `make demo` and `make test` set up everything they need.
+SHELL := /bin/bash
+export MD_T0 := $(shell date +%s)
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+PY := .venv/bin/python
+STEP := hack/step
+CLUSTER ?= modeldeploy
+LOCALCLUSTER := $(PY) -m localcluster --name $(CLUSTER)
+
+.PHONY: help setup system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
+
+help:
+	@echo "make demo    set up everything, start a local cluster, run the operator"
+	@echo "make test    set up everything and run all test tiers (lint, unit, integration, e2e)"
+	@echo "make lint | unit | integration | e2e | cluster-up | cluster-down | cluster-status"
+
+setup: system python binaries
+
+system:
+	@$(STEP) "system packages (apt, only the missing ones)" hack/setup-system.sh
+
+python:
+	@$(STEP) "python environment (.venv)" hack/setup-python.sh
+
+binaries: python
+	@$(STEP) "Kubernetes, etcd, kwok and helm binaries (built once from the Go module proxy, cached)" \
+		$(PY) -m localcluster build
+
+lint: python
+	@$(STEP) "ruff" .venv/bin/ruff check operator hack tests benchmarks
+	@$(STEP) "import-linter (layering rules)" .venv/bin/lint-imports
+
+unit: python
+	@$(STEP) "unit tests" .venv/bin/pytest tests/unit -q
+
+integration: setup
+	@$(STEP) "integration tests (real control plane)" .venv/bin/pytest tests/integration -q
+
+e2e: setup
+	@$(STEP) "end-to-end tests (real pods)" .venv/bin/pytest tests/e2e -q
+
+test: setup lint
+	@$(STEP) "all test tiers: unit, integration, e2e" .venv/bin/pytest tests -q -p no:cacheprovider
+
+cluster-up: setup
+	@$(STEP) "local cluster '$(CLUSTER)' up" $(LOCALCLUSTER) up
+
+cluster-down: python
+	@$(STEP) "local cluster '$(CLUSTER)' down" $(LOCALCLUSTER) down
+
+cluster-status: python
+	@$(LOCALCLUSTER) status
+
+demo: setup
+	@$(STEP) "demo" hack/demo.sh

@@ -1,0 +1,89 @@
+"""Background processes with pid files: start detached, check, stop the whole process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def _pidfile(run_dir: Path, name: str) -> Path:
+    return run_dir / f"{name}.pid"
+
+
+def read_pid(run_dir: Path, name: str) -> int | None:
+    try:
+        return int(_pidfile(run_dir, name).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def alive(pid: int | None) -> bool:
+    """True when the process exists and is not a zombie."""
+    if pid is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def running(run_dir: Path, name: str) -> bool:
+    return alive(read_pid(run_dir, name))
+
+
+def start(run_dir: Path, log_dir: Path, name: str, argv: list[str], env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> int:
+    """Start `argv` detached in its own session, output appended to logs/<name>.log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{name}.log", "ab") as log:
+        log.write(f"\n=== {time.strftime('%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env, cwd=cwd)
+    _pidfile(run_dir, name).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop(run_dir: Path, name: str, timeout: float = 10.0) -> None:
+    """SIGTERM the process group, SIGKILL what is left after `timeout`, remove the pid file."""
+    pid = read_pid(run_dir, name)
+    if alive(pid):
+        assert pid is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        while alive(pid) and time.monotonic() < deadline + 5:
+            _reap(pid)
+            time.sleep(0.1)
+    _pidfile(run_dir, name).unlink(missing_ok=True)
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited child, if it is one, so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)

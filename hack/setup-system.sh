@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages modeldeploy's local cluster and images need, only those missing.
+set -euo pipefail
+packages=(
+  ca-certificates curl git make
+  iptables conntrack socat ethtool iproute2 util-linux  # kubelet / kube-proxy on a real node
+  containerd runc containernetworking-plugins          # the real node's container runtime
+  debootstrap                                          # base image without a registry
+  libpython3.11                                        # Triton's python backend stub
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "system packages: all present"
+  exit 0
+fi
+echo "installing: ${missing[*]}"
+SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,82 @@
+"""The operator's settings: one object, read from environment variables and CLI flags.
+
+Environment variables (MD_*) are what the Helm chart sets; flags override them for local runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about the operator process."""
+
+    namespaces: tuple[str, ...] = ()  # empty: cluster-wide
+    serving_image: str = "localhost/modeldeploy-triton-cpu:dev"
+    loader_image: str = "localhost/modeldeploy-triton-cpu:dev"
+    converter_image: str = "localhost/modeldeploy-converter:dev"
+    serving_backend: str = "python-onnx"  # python-onnx (CPU image) | onnxruntime (NVIDIA image)
+    resync_seconds: float = 10.0  # drift-healing / status timer
+    metrics_port: int = 8080  # /metrics and /healthz
+    log_format: str = "text"  # text | json
+    log_level: str = "INFO"
+    image_pull_policy: str = "IfNotPresent"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def cluster_wide(self) -> bool:
+        return not self.namespaces
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from MD_* environment variables (defaults for anything unset)."""
+    e = os.environ if env is None else env
+    d = Settings()
+    return Settings(
+        namespaces=_split(e.get("MD_WATCH_NAMESPACES", "")),
+        serving_image=e.get("MD_SERVING_IMAGE", d.serving_image),
+        loader_image=e.get("MD_LOADER_IMAGE", e.get("MD_SERVING_IMAGE", d.loader_image)),
+        converter_image=e.get("MD_CONVERTER_IMAGE", d.converter_image),
+        serving_backend=e.get("MD_SERVING_BACKEND", d.serving_backend),
+        resync_seconds=float(e.get("MD_RESYNC_SECONDS", d.resync_seconds)),
+        metrics_port=int(e.get("MD_METRICS_PORT", d.metrics_port)),
+        log_format=e.get("MD_LOG_FORMAT", d.log_format),
+        log_level=e.get("MD_LOG_LEVEL", d.log_level),
+        image_pull_policy=e.get("MD_IMAGE_PULL_POLICY", d.image_pull_policy),
+    )
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of `modeldeploy run`; each overrides its MD_* variable."""
+    parser.add_argument("--namespace", "-n", action="append", dest="namespaces", default=None,
+                        help="watch only this namespace (repeatable); default: cluster-wide")
+    parser.add_argument("--serving-image", help="default Triton image for serving pods")
+    parser.add_argument("--loader-image", help="image of the model-loader init container")
+    parser.add_argument("--resync-seconds", type=float, help="drift-healing timer interval")
+    parser.add_argument("--metrics-port", type=int, help="port of /metrics and /healthz")
+    parser.add_argument("--log-format", choices=["text", "json"], help="log output format")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """Environment settings overridden by whichever flags were given."""
+    base = from_env(env)
+    overrides = {
+        "namespaces": tuple(args.namespaces) if args.namespaces else None,
+        "serving_image": args.serving_image,
+        "loader_image": args.loader_image,
+        "resync_seconds": args.resync_seconds,
+        "metrics_port": args.metrics_port,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+    }
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**{**base.__dict__, **values})

@@ -1,0 +1,63 @@
+"""Shared fixtures: one cluster per test session, a fresh namespace per test, logs kept on failure."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "hack"))
+sys.path.insert(0, str(ROOT))
+
+from tests.support import cluster as cluster_support  # noqa: E402
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Remember each phase's outcome on the item, so fixtures know whether their test failed."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    return any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[cluster_support.ClusterHandle]:
+    tc = cluster_support.start()
+    yield tc
+    cluster_support.stop(tc)
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, cluster: cluster_support.ClusterHandle) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards; on failure, its objects and the
+    cluster components' logs are saved under test-artifacts/<test>/."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:5]}"
+    cluster.kubectl("create", "namespace", name)
+    cluster_support.wait_for(
+        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        30, message=f"default ServiceAccount in {name}")
+    yield name
+    if _failed(request):
+        dest = ARTIFACTS / slug
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        dump = cluster.kubectl("get", "all,events,modeldeployments,pdb,cm", "-n", name, "-o", "yaml", check=False)
+        (dest / "namespace.yaml").write_text(dump.stdout + dump.stderr)
+        if cluster.local is not None:
+            from localcluster import cluster as lc
+
+            lc.collect_logs(cluster.local, dest / "logs")
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,77 @@
+"""Test access to a cluster: the local one from hack/localcluster, or any kubeconfig."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import yaml
+from localcluster import binaries
+from localcluster import cluster as localcluster
+from localcluster.config import ClusterConfig
+
+
+@dataclass
+class ClusterHandle:
+    """A running cluster as tests see it: a kubeconfig, a kubectl, API clients."""
+
+    kubeconfig: Path
+    local: ClusterConfig | None  # None when the tests run against an external kubeconfig
+
+    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True,
+                kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
+        exe = str(binaries.path_of("kubectl")) if binaries.path_of("kubectl").exists() else "kubectl"
+        argv = [exe, f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
+        proc = subprocess.run(argv, input=input_text, text=True, capture_output=True)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def apply(self, manifest: dict[str, Any] | list[dict[str, Any]], namespace: str | None = None,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
+        docs = manifest if isinstance(manifest, list) else [manifest]
+        ns = ["-n", namespace] if namespace else []
+        return self.kubectl("apply", "--server-side", "--field-manager=test", *ns, "-f", "-",
+                            input_text=yaml.safe_dump_all(docs), check=check)
+
+    def api_client(self) -> kubernetes.client.ApiClient:
+        return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def audit_log(self) -> Path | None:
+        return self.local.logs / "audit.log" if self.local else None
+
+
+def start(name: str = "pytest") -> ClusterHandle:
+    """Use $MD_TEST_KUBECONFIG if set, else bring up (or reuse) the local cluster `name`."""
+    external = os.environ.get("MD_TEST_KUBECONFIG")
+    if external:
+        return ClusterHandle(Path(external), None)
+    cfg = ClusterConfig(name=name)
+    localcluster.up(cfg)
+    return ClusterHandle(cfg.kubeconfig, cfg)
+
+
+def stop(tc: ClusterHandle) -> None:
+    if tc.local is not None and not os.environ.get("MD_KEEP_CLUSTER"):
+        localcluster.down(tc.local)
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.5, message: str = "") -> Any:
+    """Poll `predicate` until it returns something truthy; fail with `message` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s: {message} (last value: {last!r})")
