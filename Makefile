@@ -7,7 +7,10 @@ STEP := hack/step
 CLUSTER ?= modeldeploy
 LOCALCLUSTER := $(PY) -m localcluster --name $(CLUSTER)
 
-.PHONY: help setup system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
+chart-crds: python
+	@$(PY) hack/sync_chart_crds.py
+
+.PHONY: chart-crds help setup system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
 
 help:
 	@echo "make demo    set up everything, start a local cluster, run the operator"

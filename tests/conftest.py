@@ -61,3 +61,37 @@ def namespace(request: pytest.FixtureRequest, cluster: cluster_support.ClusterHa
 
             lc.collect_logs(cluster.local, dest / "logs")
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def chart_installed(cluster: cluster_support.ClusterHandle) -> cluster_support.ClusterHandle:
+    """The Helm chart installed for real (CRD, ServiceAccount, RBAC, the operator Deployment)."""
+    from tests.support import operator as op
+
+    op.install_chart(cluster)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def _operator_session(chart_installed: cluster_support.ClusterHandle,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from localcluster import process
+    from tests.support import operator as op
+
+    work = tmp_path_factory.mktemp("operator")
+    kubeconfig = op.service_account_kubeconfig(chart_installed, work / "sa.kubeconfig")
+    proc = op.OperatorProcess(kubeconfig=kubeconfig, log_path=ARTIFACTS / "operator.log",
+                              metrics_port=process.free_port(), env={"MD_RESYNC_SECONDS": "1"})
+    ARTIFACTS.mkdir(exist_ok=True)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def operator(_operator_session: object) -> object:
+    """The operator process (restarted if an earlier test killed it)."""
+    proc = _operator_session
+    if proc.proc is None or proc.proc.poll() is not None:  # type: ignore[attr-defined]
+        proc.start()  # type: ignore[attr-defined]
+    return proc

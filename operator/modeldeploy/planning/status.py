@@ -1,0 +1,177 @@
+"""The ModelDeployment's status from what was observed and decided (pure).
+
+Conditions follow Kubernetes conventions: constant CamelCase reasons, a human message with the
+numbers, and lastTransitionTime kept unless the condition's status really changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..constants import Condition, Phase
+from .observe import RevisionState
+from .switch import SwitchPlan
+
+
+class Reason:
+    """Constant condition reasons (documented in docs/status.md)."""
+
+    SERVING = "Serving"
+    NO_READY_REPLICAS = "NoReadyReplicas"
+    SCALED_TO_ZERO = "ScaledToZero"
+    MODEL_LOADED = "ModelLoaded"
+    LOADING = "Loading"
+    LOAD_FAILED = "LoadFailed"
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    ROLLOUT_FAILED = "RolloutFailed"
+    AS_EXPECTED = "AsExpected"
+    INSUFFICIENT_REPLICAS = "InsufficientReplicas"
+    UNSCHEDULABLE = "Unschedulable"
+    INVALID_SPEC = "InvalidSpec"
+
+
+@dataclass(frozen=True)
+class StatusInput:
+    name: str
+    namespace: str
+    model_name: str
+    generation: int
+    current: str
+    desired_replicas: int
+    plan: SwitchPlan
+    observed: Mapping[str, RevisionState]
+    previous: Mapping[str, Any]
+    now: str  # RFC 3339, used only for conditions whose status changes
+
+
+def _condition(ctype: str, status: bool | None, reason: str, message: str, generation: int) -> dict[str, Any]:
+    return {"type": ctype, "status": "Unknown" if status is None else ("True" if status else "False"),
+            "reason": reason, "message": message, "observedGeneration": generation}
+
+
+def merge_conditions(previous: Sequence[Mapping[str, Any]], new: Sequence[dict[str, Any]],
+                     now: str) -> list[dict[str, Any]]:
+    """Keep lastTransitionTime for conditions whose status did not change."""
+    before = {c.get("type"): c for c in previous}
+    out = []
+    for cond in new:
+        old = before.get(cond["type"])
+        if old and old.get("status") == cond["status"] and old.get("lastTransitionTime"):
+            cond = {**cond, "lastTransitionTime": old["lastTransitionTime"]}
+        else:
+            cond = {**cond, "lastTransitionTime": now}
+        out.append(cond)
+    return out
+
+
+def invalid_spec_status(previous: Mapping[str, Any], generation: int, field_path: str, message: str,
+                        now: str) -> dict[str, Any]:
+    """A spec the schema could not refuse but that can never work: say which field and why."""
+    text = f"{field_path}: {message}"
+    conds = [_condition(Condition.READY, False, Reason.INVALID_SPEC, text, generation),
+             _condition(Condition.DEGRADED, True, Reason.INVALID_SPEC, text, generation)]
+    return {**previous, "observedGeneration": generation, "phase": Phase.FAILED, "message": text,
+            "conditions": merge_conditions(previous.get("conditions", []), conds, now)}
+
+
+def compute(inp: StatusInput) -> dict[str, Any]:
+    plan, obs = inp.plan, inp.observed
+    stable = plan.stable or inp.current
+    cur = obs.get(inp.current)
+    serving_revs = [s for rev, s in obs.items() if rev not in plan.retire]
+    ready = sum(s.ready for s in serving_revs)
+    replicas = sum(s.replicas for s in serving_revs)
+    rolling = stable != inp.current and plan.failed != inp.current
+    failure = plan.failure if plan.failed == inp.current else ""
+    failed_message = failure or (inp.previous.get("message", "") if plan.failed == inp.current else "")
+    unschedulable = next((s.unschedulable for s in serving_revs if s.unschedulable), "")
+    r = inp.desired_replicas
+
+    if plan.failed == inp.current:
+        loaded = _condition(Condition.MODEL_LOADED, False, Reason.LOAD_FAILED,
+                            f"revision {inp.current}: {failed_message}", inp.generation)
+    elif cur is not None and cur.ready > 0:
+        loaded = _condition(Condition.MODEL_LOADED, True, Reason.MODEL_LOADED,
+                            f"revision {inp.current}: {cur.ready} pod(s) serving", inp.generation)
+    else:
+        loaded = _condition(Condition.MODEL_LOADED, None, Reason.LOADING,
+                            f"revision {inp.current}: waiting for the model to load", inp.generation)
+
+    if r == 0:
+        ready_c = _condition(Condition.READY, False, Reason.SCALED_TO_ZERO, "replicas is 0", inp.generation)
+    elif ready > 0:
+        ready_c = _condition(Condition.READY, True, Reason.SERVING, f"{ready}/{r} replicas ready", inp.generation)
+    else:
+        ready_c = _condition(Condition.READY, False, Reason.NO_READY_REPLICAS, f"0/{r} replicas ready",
+                             inp.generation)
+
+    if rolling:
+        new_ready = cur.ready if cur else 0
+        progressing = _condition(Condition.PROGRESSING, True, Reason.ROLLOUT_IN_PROGRESS,
+                                 f"revision {stable} -> {inp.current}: {new_ready}/{r} new replicas ready",
+                                 inp.generation)
+    elif plan.failed == inp.current and stable != inp.current:
+        progressing = _condition(Condition.PROGRESSING, False, Reason.ROLLOUT_FAILED,
+                                 f"revision {inp.current} failed; revision {stable} keeps serving", inp.generation)
+    else:
+        progressing = _condition(Condition.PROGRESSING, False, Reason.ROLLOUT_COMPLETE,
+                                 f"revision {stable} serves", inp.generation)
+
+    if plan.failed == inp.current:
+        degraded = _condition(Condition.DEGRADED, True, Reason.LOAD_FAILED, failed_message, inp.generation)
+    elif unschedulable:
+        degraded = _condition(Condition.DEGRADED, True, Reason.UNSCHEDULABLE, unschedulable, inp.generation)
+    elif not rolling and r > 0 and ready < r and ready > 0:
+        degraded = _condition(Condition.DEGRADED, True, Reason.INSUFFICIENT_REPLICAS,
+                              f"{ready}/{r} replicas ready", inp.generation)
+    else:
+        degraded = _condition(Condition.DEGRADED, False, Reason.AS_EXPECTED, "", inp.generation)
+
+    if plan.failed == inp.current and ready == 0:
+        phase = Phase.FAILED
+    elif rolling:
+        phase = Phase.PROGRESSING
+    elif ready == 0:
+        phase = Phase.PENDING if (r == 0 or unschedulable) else Phase.LOADING
+    elif degraded["status"] == "True":
+        phase = Phase.DEGRADED
+    else:
+        phase = Phase.READY
+
+    revisions = [
+        {"name": s.deployment, "revision": s.revision, "replicas": s.replicas, "readyReplicas": s.ready,
+         "modelVersion": s.model_version}
+        for s in sorted(obs.values(), key=lambda s: s.revision) if s.revision not in plan.retire
+    ]
+    svc = f"{inp.name}.{inp.namespace}.svc"
+    status: dict[str, Any] = {
+        "observedGeneration": inp.generation,
+        "phase": phase,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "selector": f"modeldeploy.io/name={inp.name}",
+        "stableRevision": stable,
+        "canaryRevision": inp.current if rolling else None,
+        "failedRevision": plan.failed,
+        "revisions": revisions,
+        "endpoint": {"http": f"http://{svc}:8000/v2/models/{inp.model_name}", "grpc": f"{svc}:8001"},
+        "message": failed_message or (unschedulable if degraded["reason"] == Reason.UNSCHEDULABLE else ""),
+    }
+    status["conditions"] = merge_conditions(inp.previous.get("conditions", []),
+                                            [ready_c, loaded, progressing, degraded], inp.now)
+    return status
+
+
+def status_patch(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch turning `previous` into `desired` (empty when nothing changed).
+
+    Keys we manage that disappeared become None so the merge patch removes them.
+    """
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        if previous.get(key) != value:
+            patch[key] = value
+    return patch

@@ -1,0 +1,209 @@
+"""One reconcile pass: read the world, decide (pure planning/ and resources/), write the difference.
+
+Level-based: every pass computes the whole desired state from the spec and what is observed, so
+a restarted operator, a missed event or a user's edit all converge the same way. The canary's
+and the switch's state live in status, never in the operator's memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import api, constants, telemetry
+from .config import Settings
+from .kube import events
+from .kube.client import Kube, NotFound
+from .planning import drift, observe, status, switch
+from .resources import build_deployment, build_pdb, build_services
+from .resources.deployment import Images
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassResult:
+    """What one pass did (for logs, metrics and tests)."""
+
+    writes: int = 0
+    decisions: list[str] = field(default_factory=list)
+    phase: str | None = None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _rfc3339(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Only objects whose controller is this ModelDeployment are ours to change or delete."""
+    return any(ref.get("uid") == uid and ref.get("controller")
+               for ref in obj.get("metadata", {}).get("ownerReferences", []))
+
+
+class Reconciler:
+    """Drives ModelDeployments toward their spec; safe to call from several threads."""
+
+    def __init__(self, kube: Kube, settings: Settings) -> None:
+        self.kube = kube
+        self.settings = settings
+        self._guard = threading.Lock()
+        self._state: dict[tuple[str, str], str] = {}  # key -> "running" | "pending"
+
+    def images(self) -> Images:
+        return Images(serving=self.settings.serving_image, loader=self.settings.loader_image,
+                      converter=self.settings.converter_image)
+
+    # --- coalescing: bursts of events for one object become one or two passes -------------------
+    def request(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        with self._guard:
+            if key in self._state:
+                self._state[key] = "pending"
+                return
+            self._state[key] = "running"
+        try:
+            while True:
+                self._timed_pass(namespace, name)
+                with self._guard:
+                    if self._state.get(key) == "pending":
+                        self._state[key] = "running"
+                        continue
+                    del self._state[key]
+                    return
+        except BaseException:
+            with self._guard:
+                self._state.pop(key, None)
+            raise
+
+    def _timed_pass(self, namespace: str, name: str) -> PassResult:
+        began = time.perf_counter()
+        before = sum(self.kube.writes.by_verb.values())
+        try:
+            result = self.reconcile(namespace, name)
+        except Exception as e:
+            telemetry.RECONCILES.labels(result="error").inc()
+            telemetry.ERRORS.labels(type=type(e).__name__).inc()
+            raise
+        finally:
+            telemetry.RECONCILE_SECONDS.observe(time.perf_counter() - began)
+        result.writes = sum(self.kube.writes.by_verb.values()) - before
+        telemetry.RECONCILES.labels(result="changed" if result.writes else "unchanged").inc()
+        telemetry.record_phase(namespace, name, result.phase)
+        return result
+
+    # --- the pass ----------------------------------------------------------------------------
+    def reconcile(self, namespace: str, name: str) -> PassResult:
+        result = PassResult()
+        md = self.kube.get_or_none(constants.KIND, namespace, name)
+        if md is None or md["metadata"].get("deletionTimestamp"):
+            return result  # children go with it through their ownerReferences
+        meta = md["metadata"]
+        generation = int(meta.get("generation", 0))
+        previous = md.get("status") or {}
+        now = _now()
+        try:
+            spec = api.parse_spec(md.get("spec") or {}, name=name)
+        except api.SpecError as e:
+            desired = status.invalid_spec_status(previous, generation, e.field, e.message, _rfc3339(now))
+            result.phase = desired["phase"]
+            if self._write_status(md, previous, desired):
+                events.post(self.kube, md, "Warning", status.Reason.INVALID_SPEC, f"{e.field}: {e.message}")
+            return result
+
+        current = api.revision_hash(spec)
+        selector = {constants.LABEL_NAME: name}
+        deployments = [d for d in self.kube.list("Deployment", namespace, selector) if owned_by(d, meta["uid"])]
+        pods = self.kube.list("Pod", namespace, selector)
+        observed = observe.summarise(deployments, pods, now)
+        desired_replicas = self.desired_replicas(spec, previous)
+        plan = switch.plan(switch.SwitchInput(
+            desired_replicas=desired_replicas, gpus_per_pod=spec.serving.gpus,
+            max_surge_gpus=spec.rollout.max_surge_gpus, strategy=spec.rollout.strategy, current=current,
+            stable=previous.get("stableRevision"), failed=previous.get("failedRevision"),
+            startup_timeout_seconds=spec.serving.startup_timeout_seconds), observed)
+
+        self._apply_revisions(md, spec, current, plan, observed, result)
+        self._apply_services(md, spec, plan.stable or current, current, result)
+        for rev in plan.retire:
+            state = observed[rev]
+            self.kube.delete("Deployment", namespace, state.deployment, uid=state.uid)
+            result.decisions.append(f"deleted Deployment {state.deployment} (revision {rev} retired)")
+
+        desired_status = status.compute(status.StatusInput(
+            name=name, namespace=namespace, model_name=spec.model.name, generation=generation, current=current,
+            desired_replicas=desired_replicas, plan=plan, observed=observed, previous=previous,
+            now=_rfc3339(now)))
+        result.phase = desired_status["phase"]
+        self._write_status(md, previous, desired_status)
+        for decision in (*plan.decisions, *result.decisions):
+            warning = "failed" in decision
+            events.post(self.kube, md, "Warning" if warning else "Normal",
+                        "RevisionFailed" if warning else "Reconciled", decision)
+            log.info("%s/%s: %s", namespace, name, decision)
+        return result
+
+    def desired_replicas(self, spec: api.ModelDeploymentSpec, previous: Mapping[str, Any]) -> int:
+        """spec.replicas is the truth unless the operator's autoscaler owns replicas."""
+        if spec.autoscaling.enabled:
+            recommended = (previous.get("autoscaling") or {}).get("desiredReplicas")
+            if isinstance(recommended, int):
+                return max(spec.autoscaling.min_replicas, min(spec.autoscaling.max_replicas, recommended))
+            return max(spec.autoscaling.min_replicas, min(spec.autoscaling.max_replicas, spec.replicas))
+        return spec.replicas
+
+    def _apply_revisions(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, current: str,
+                         plan: switch.SwitchPlan, observed: Mapping[str, observe.RevisionState],
+                         result: PassResult) -> None:
+        meta = md["metadata"]
+        for rev, replicas in plan.replicas.items():
+            if rev == current:
+                desired = build_deployment(md_name=meta["name"], namespace=meta["namespace"],
+                                           owner_uid=meta["uid"], spec=spec, revision=rev, replicas=replicas,
+                                           images=self.images(), role="stable" if rev == plan.stable else "canary")
+                live = self.kube.get_or_none("Deployment", meta["namespace"], desired["metadata"]["name"])
+                if drift.needs_apply(desired, live):
+                    self.kube.apply(desired)
+                    verb = "created" if live is None else "updated"
+                    result.decisions.append(f"{verb} Deployment {desired['metadata']['name']} "
+                                            f"(revision {rev}, model version {spec.model.version}, "
+                                            f"{replicas} replicas)")
+            elif rev in observed and observed[rev].spec_replicas != replicas:
+                # An older revision is only ever scaled: its pod template stays exactly as it was.
+                state = observed[rev]
+                self.kube.scale("Deployment", meta["namespace"], state.deployment, replicas)
+                result.decisions.append(f"scaled revision {rev}: {state.spec_replicas} -> {replicas}")
+
+    def _apply_services(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, stable: str, current: str,
+                        result: PassResult) -> None:
+        meta = md["metadata"]
+        wanted = [*build_services(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
+                                  stable_revision=stable, canary_revision=current),
+                  build_pdb(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
+                            replicas=spec.replicas)]
+        for obj in wanted:
+            live = self.kube.get_or_none(obj["kind"], meta["namespace"], obj["metadata"]["name"])
+            if drift.needs_apply(obj, live):
+                self.kube.apply(obj)
+                if live is None:
+                    result.decisions.append(f"created {obj['kind']} {obj['metadata']['name']}")
+
+    def _write_status(self, md: Mapping[str, Any], previous: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+        patch = status.status_patch(previous, desired)
+        if not patch:
+            return False
+        meta = md["metadata"]
+        try:
+            self.kube.patch_status(constants.KIND, meta["namespace"], meta["name"], patch,
+                                   resource_version=meta.get("resourceVersion"))
+        except NotFound:
+            return False
+        return True

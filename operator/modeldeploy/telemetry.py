@@ -1,0 +1,42 @@
+"""The operator's own Prometheus metrics (served on /metrics by prometheus-client)."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECONCILES = Counter("modeldeploy_reconciles_total", "Reconcile passes by result (changed, unchanged, error, invalid)",
+                     ["result"], registry=REGISTRY)
+RECONCILE_SECONDS = Histogram("modeldeploy_reconcile_duration_seconds", "Duration of one reconcile pass",
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY)
+API_WRITES = Counter("modeldeploy_api_writes_total", "Write requests sent to the API server, by verb", ["verb"],
+                     registry=REGISTRY)
+ERRORS = Counter("modeldeploy_reconcile_errors_total", "Reconcile passes that raised, by exception type", ["type"],
+                 registry=REGISTRY)
+MANAGED = Gauge("modeldeploy_managed_modeldeployments", "ModelDeployments managed by this operator, by phase",
+                ["phase"], registry=REGISTRY)
+
+_phases: dict[tuple[str, str], str] = {}
+_lock = threading.Lock()
+
+
+def record_phase(namespace: str, name: str, phase: str | None) -> None:
+    """Track each ModelDeployment's phase (None when it is gone) and refresh the per-phase gauge."""
+    with _lock:
+        if phase is None:
+            _phases.pop((namespace, name), None)
+        else:
+            _phases[(namespace, name)] = phase
+        counts: dict[str, int] = {}
+        for p in _phases.values():
+            counts[p] = counts.get(p, 0) + 1
+        for p in ("Pending", "Loading", "Ready", "Progressing", "Degraded", "Failed"):
+            MANAGED.labels(phase=p).set(counts.get(p, 0))
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on `port` (all interfaces: Prometheus scrapes the pod IP)."""
+    start_http_server(port, registry=REGISTRY)

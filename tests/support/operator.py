@@ -1,0 +1,120 @@
+"""Run the operator as a real process, with the Helm chart's ServiceAccount and RBAC.
+
+The chart is installed with real `helm install`; the operator then runs locally (so tests can
+kill and restart it) with a kubeconfig holding a token of the chart's ServiceAccount, so a
+permission the chart lacks fails the tests exactly as it would in a cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localcluster import binaries, kubeconfig
+
+from tests.support.cluster import ClusterHandle, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "modeldeploy"
+RELEASE = "modeldeploy"
+SYSTEM_NAMESPACE = "modeldeploy-system"
+
+
+def helm(tc: ClusterHandle, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = str(binaries.path_of("helm")) if binaries.path_of("helm").exists() else "helm"
+    proc = subprocess.run([exe, f"--kubeconfig={tc.kubeconfig}", *args], text=True, capture_output=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def install_chart(tc: ClusterHandle, *set_args: str) -> None:
+    """helm upgrade --install the chart (CRD included) into modeldeploy-system."""
+    helm(tc, "upgrade", "--install", RELEASE, str(CHART), "--namespace", SYSTEM_NAMESPACE, "--create-namespace",
+         "--wait=false", *[a for s in set_args for a in ("--set", s)])
+    tc.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s")
+
+
+def service_account_kubeconfig(tc: ClusterHandle, dest: Path) -> Path:
+    """A kubeconfig authenticating as the chart's ServiceAccount (a real, short-lived token)."""
+    token = tc.kubectl("create", "token", RELEASE, "-n", SYSTEM_NAMESPACE, "--duration=4h").stdout.strip()
+    cfg = json.loads(tc.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+    server = cfg["clusters"][0]["cluster"]["server"]
+    ca = base64.b64decode(cfg["clusters"][0]["cluster"]["certificate-authority-data"])
+    kubeconfig.write(dest, kubeconfig.render_token(server, ca, token, "test", f"{SYSTEM_NAMESPACE}:{RELEASE}"))
+    return dest
+
+
+@dataclass
+class OperatorProcess:
+    """`python -m modeldeploy run` as a child process; kill() simulates a crash."""
+
+    kubeconfig: Path
+    log_path: Path
+    metrics_port: int
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), MD_METRICS_PORT=str(self.metrics_port), **self.env)
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child for its lifetime
+        self.proc = subprocess.Popen([sys.executable, "-m", "modeldeploy", "run", "--log-format", "json"],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        wait_for(self._metrics_up, 30, message="operator /metrics answering")
+
+    def _metrics_up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def metric(self, name: str, labels: str = "") -> float:
+        pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)}\s+([0-9.e+-]+)$", re.M)
+        total = 0.0
+        for m in pattern.finditer(self.metrics()):
+            total += float(m.group(1))
+        return total
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as in a node failure or OOM kill."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def wait_until_gone(proc: OperatorProcess, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.proc and proc.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
