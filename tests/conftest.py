@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -81,7 +82,8 @@ def _operator_session(chart_installed: cluster_support.ClusterHandle,
     work = tmp_path_factory.mktemp("operator")
     kubeconfig = op.service_account_kubeconfig(chart_installed, work / "sa.kubeconfig")
     proc = op.OperatorProcess(kubeconfig=kubeconfig, log_path=ARTIFACTS / "operator.log",
-                              metrics_port=process.free_port(), env={"MD_RESYNC_SECONDS": "1"})
+                              metrics_port=process.free_port(), env={"MD_RESYNC_SECONDS": "1",
+                                   "MD_LOG_LEVEL": os.environ.get("MD_TEST_OPERATOR_LOG_LEVEL", "INFO")})
     ARTIFACTS.mkdir(exist_ok=True)
     proc.start()
     yield proc

@@ -55,3 +55,19 @@ class Condition:
     MODEL_LOADED: Final = "ModelLoaded"
     PROGRESSING: Final = "Progressing"
     DEGRADED: Final = "Degraded"
+
+
+# Roles of a revision (LABEL_ROLE, on Deployments and the -stable/-canary Services, never on pods:
+# promoting a canary must not change its pod template).
+ROLE_STABLE: Final = "stable"
+ROLE_CANARY: Final = "canary"
+COMPONENT_SERVER: Final = "inference-server"  # app.kubernetes.io/component
+
+# Serving pods: container names, volumes and paths shared by the builder, the loader and planning.
+CONTAINER_LOADER: Final = "model-loader"
+CONTAINER_SERVING: Final = "triton"
+MODEL_REPOSITORY_PATH: Final = "/models"  # emptyDir: the loader writes it, Triton reads it
+SOURCE_MOUNT_PATH: Final = "/source"  # a pvc:// source's claim, mounted read-only into the loader
+PORT_NAME_HTTP: Final = "http"
+PORT_NAME_GRPC: Final = "grpc"
+PORT_NAME_METRICS: Final = "metrics"

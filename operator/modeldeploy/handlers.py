@@ -1,8 +1,9 @@
 """Thin kopf entry points: every event or timer tick becomes one call to the reconciler.
 
-No change-detecting handlers (on.create/update/delete) are registered, so kopf adds no
-finalizer and writes no progress or diff-base annotations: the ModelDeployment is never mutated
-and deleting it works even while the operator is down (ownerReferences cascade).
+No change-detecting handlers (on.create/update/delete) and no timers or daemons are registered,
+so kopf adds no finalizer and writes no progress or diff-base annotations: the ModelDeployment is
+never mutated and deleting it works even while the operator is down (ownerReferences cascade).
+The periodic drift-healing pass lives in resync.py.
 """
 
 from __future__ import annotations
@@ -58,10 +59,3 @@ def service_event(event: dict[str, Any], labels: dict[str, str], namespace: str 
     if event.get("type") == "DELETED":  # heal deleted Services at once, not at the next tick
         _reconcile(namespace, labels.get(constants.LABEL_NAME))
 
-
-def register_timer(interval: float) -> None:
-    """The drift-healing tick; registered at start-up because its interval is a setting."""
-
-    @kopf.timer(constants.GROUP, constants.VERSION, constants.PLURAL, interval=interval, sharp=False)
-    def resync(namespace: str | None, name: str | None, **_: Any) -> None:
-        _reconcile(namespace, name)

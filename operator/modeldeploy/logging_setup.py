@@ -27,3 +27,5 @@ def configure(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if level != "DEBUG":  # kopf reports every handler success at INFO: our own decisions are the signal
+        logging.getLogger("kopf").setLevel(logging.WARNING)

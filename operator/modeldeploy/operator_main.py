@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from . import handlers, logging_setup, telemetry
+from . import handlers, logging_setup, resync, telemetry
 from .config import Settings
 from .kube.client import Kube, load_api_client
 from .reconciler import Reconciler
@@ -16,19 +16,14 @@ from .reconciler import Reconciler
 log = logging.getLogger(__name__)
 
 
-def _configure_kopf(settings: Settings) -> None:
+def _configure_kopf() -> None:
     @kopf.on.startup()
-    def configure(settings_: kopf.OperatorSettings, **_: Any) -> None:  # type: ignore[misc]
-        settings_.posting.enabled = False  # our own Events carry the decisions; kopf's would be noise
-        settings_.watching.server_timeout = 300
-        settings_.watching.client_timeout = 330
-        settings_.execution.max_workers = 8
-        settings_.batching.worker_limit = 64
-        # Nothing is stored on the objects: no change-detecting handlers exist, and these
-        # storages are only read if one is ever added.
-        settings_.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
-        settings_.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="modeldeploy.io", key="last-handled-configuration")
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # our own Events carry the decisions; kopf's would be noise
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.execution.max_workers = 8
+        settings.batching.worker_limit = 64
 
 
 def run_operator(settings: Settings) -> int:
@@ -36,9 +31,9 @@ def run_operator(settings: Settings) -> int:
     kube = Kube(load_api_client(), on_write=lambda verb: telemetry.API_WRITES.labels(verb=verb).inc())
     reconciler = Reconciler(kube, settings)
     handlers.RECONCILER = reconciler
-    handlers.register_timer(settings.resync_seconds)
-    _configure_kopf(settings)
+    _configure_kopf()
     telemetry.serve(settings.metrics_port)
+    resync.start(kube, reconciler, settings)
     log.info("modeldeploy starting: %s", "cluster-wide" if settings.cluster_wide else
              f"namespaces {','.join(settings.namespaces)}")
     asyncio.run(kopf.operator(

@@ -20,8 +20,7 @@ from .config import Settings
 from .kube import events
 from .kube.client import Kube, NotFound
 from .planning import drift, observe, status, switch
-from .resources import build_deployment, build_pdb, build_services
-from .resources.deployment import Images
+from .resources import Images, build_deployment, build_pdb, build_services, image_inputs
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ class PassResult:
     """What one pass did (for logs, metrics and tests)."""
 
     writes: int = 0
-    decisions: list[str] = field(default_factory=list)
+    decisions: list[tuple[str, str]] = field(default_factory=list)  # (event reason, message)
     phase: str | None = None
 
 
@@ -60,7 +59,8 @@ class Reconciler:
 
     def images(self) -> Images:
         return Images(serving=self.settings.serving_image, loader=self.settings.loader_image,
-                      converter=self.settings.converter_image)
+                      converter=self.settings.converter_image, pull_policy=self.settings.image_pull_policy,
+                      serving_backend=self.settings.serving_backend)
 
     # --- coalescing: bursts of events for one object become one or two passes -------------------
     def request(self, namespace: str, name: str) -> None:
@@ -119,7 +119,7 @@ class Reconciler:
                 events.post(self.kube, md, "Warning", status.Reason.INVALID_SPEC, f"{e.field}: {e.message}")
             return result
 
-        current = api.revision_hash(spec)
+        current = api.revision_hash(spec, images=image_inputs(spec, self.images()))
         selector = {constants.LABEL_NAME: name}
         deployments = [d for d in self.kube.list("Deployment", namespace, selector) if owned_by(d, meta["uid"])]
         pods = self.kube.list("Pod", namespace, selector)
@@ -136,7 +136,7 @@ class Reconciler:
         for rev in plan.retire:
             state = observed[rev]
             self.kube.delete("Deployment", namespace, state.deployment, uid=state.uid)
-            result.decisions.append(f"deleted Deployment {state.deployment} (revision {rev} retired)")
+            result.decisions.append((switch.Reason.RETIRED, f"deleted Deployment {state.deployment} (revision {rev})"))
 
         desired_status = status.compute(status.StatusInput(
             name=name, namespace=namespace, model_name=spec.model.name, generation=generation, current=current,
@@ -144,11 +144,10 @@ class Reconciler:
             now=_rfc3339(now)))
         result.phase = desired_status["phase"]
         self._write_status(md, previous, desired_status)
-        for decision in (*plan.decisions, *result.decisions):
-            warning = "failed" in decision
-            events.post(self.kube, md, "Warning" if warning else "Normal",
-                        "RevisionFailed" if warning else "Reconciled", decision)
-            log.info("%s/%s: %s", namespace, name, decision)
+        for reason, message in (*plan.decisions, *result.decisions):
+            warning = reason == switch.Reason.FAILED
+            events.post(self.kube, md, "Warning" if warning else "Normal", reason, message)
+            log.log(logging.WARNING if warning else logging.INFO, "%s/%s: %s: %s", namespace, name, reason, message)
         return result
 
     def desired_replicas(self, spec: api.ModelDeploymentSpec, previous: Mapping[str, Any]) -> int:
@@ -172,15 +171,17 @@ class Reconciler:
                 live = self.kube.get_or_none("Deployment", meta["namespace"], desired["metadata"]["name"])
                 if drift.needs_apply(desired, live):
                     self.kube.apply(desired)
-                    verb = "created" if live is None else "updated"
-                    result.decisions.append(f"{verb} Deployment {desired['metadata']['name']} "
-                                            f"(revision {rev}, model version {spec.model.version}, "
-                                            f"{replicas} replicas)")
+                    verb, reason = ("created", switch.Reason.CREATED) if live is None else \
+                        ("updated", switch.Reason.UPDATED)
+                    result.decisions.append((reason, f"{verb} Deployment {desired['metadata']['name']} "
+                                                     f"(revision {rev}, model version {spec.model.version}, "
+                                                     f"{replicas} replicas)"))
             elif rev in observed and observed[rev].spec_replicas != replicas:
                 # An older revision is only ever scaled: its pod template stays exactly as it was.
                 state = observed[rev]
                 self.kube.scale("Deployment", meta["namespace"], state.deployment, replicas)
-                result.decisions.append(f"scaled revision {rev}: {state.spec_replicas} -> {replicas}")
+                result.decisions.append((switch.Reason.SCALED,
+                                         f"scaled revision {rev}: {state.spec_replicas} -> {replicas}"))
 
     def _apply_services(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, stable: str, current: str,
                         result: PassResult) -> None:
@@ -194,13 +195,14 @@ class Reconciler:
             if drift.needs_apply(obj, live):
                 self.kube.apply(obj)
                 if live is None:
-                    result.decisions.append(f"created {obj['kind']} {obj['metadata']['name']}")
+                    result.decisions.append(("Created", f"created {obj['kind']} {obj['metadata']['name']}"))
 
     def _write_status(self, md: Mapping[str, Any], previous: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
         patch = status.status_patch(previous, desired)
         if not patch:
             return False
         meta = md["metadata"]
+        log.debug("%s/%s: status patch %s", meta["namespace"], meta["name"], patch)
         try:
             self.kube.patch_status(constants.KIND, meta["namespace"], meta["name"], patch,
                                    resource_version=meta.get("resourceVersion"))

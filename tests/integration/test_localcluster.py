@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+
 from localcluster import cluster as lc
 from localcluster import controlplane, process
 from localcluster.config import ClusterConfig
-
 from tests.support.cluster import ClusterHandle, wait_for
 
 pytestmark = pytest.mark.integration

@@ -154,7 +154,7 @@ def test_reconcile_passes_at_rest_make_no_writes(cluster: ClusterHandle, operato
 def test_rbac_of_the_chart_is_what_the_operator_uses(cluster: ClusterHandle, operator: Any) -> None:
     sa = "system:serviceaccount:modeldeploy-system:modeldeploy"
     can = lambda *a: cluster.kubectl("auth", "can-i", *a, f"--as={sa}", check=False).stdout.strip()  # noqa: E731
-    assert can("patch", "modeldeployments/status", "-A") == "yes"
+    assert can("patch", "modeldeployments", "--subresource=status", "-A") == "yes"
     assert can("create", "deployments", "-A") == "yes"
     assert can("get", "secrets", "-A") == "no"
     assert can("list", "secrets", "-A") == "no"
@@ -230,7 +230,8 @@ def test_delete_with_operator_stopped_removes_every_child(cluster: ClusterHandle
 
 def test_spec_is_never_mutated(cluster: ClusterHandle, operator: Any, namespace: str) -> None:
     cluster.apply(model_deployment("pure", replicas=1), namespace)
-    md = _wait_ready(cluster, namespace, "pure")
+    _wait_ready(cluster, namespace, "pure")
+    md = cluster.kubectl_json("get", MD, "pure", "-n", namespace, "--show-managed-fields")
     assert md["metadata"]["generation"] == 1
     managers = {m["manager"] for m in md["metadata"]["managedFields"] if m.get("subresource") != "status"}
     assert managers == {"test"}, managers

@@ -12,6 +12,7 @@ from typing import Any
 
 import kubernetes
 import yaml
+
 from localcluster import binaries
 from localcluster import cluster as localcluster
 from localcluster.config import ClusterConfig

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localcluster import binaries, kubeconfig
-
 from tests.support.cluster import ClusterHandle, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+
 from modeldeploy.planning import drift, observe, status
 from modeldeploy.planning.observe import RevisionState
 from modeldeploy.planning.switch import SwitchPlan

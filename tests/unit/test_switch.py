@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from modeldeploy.planning.observe import RevisionState
 from modeldeploy.planning.switch import SwitchInput, SwitchPlan, plan, surge_pods
 
@@ -77,7 +78,7 @@ def test_load_failure_restores_stable_and_stops_new() -> None:
     p = plan(inp(), {"a": rs("a", 2, 2), "b": rs("b", 1, 0, failure="model-loader: sha256 mismatch")})
     assert p.replicas == {"a": 3, "b": 0}
     assert p.failed == "b" and "sha256 mismatch" in p.failure and p.stable == "a"
-    assert any("failed to load" in d for d in p.decisions)
+    assert any(r == "RevisionFailed" and "failed to load" in m for r, m in p.decisions)
     # next pass: remembered as failed, no new decision event
     again = plan(inp(failed="b"), {"a": rs("a", 3, 3), "b": rs("b", 0, 0)})
     assert again.replicas == {"a": 3, "b": 0} and again.failed == "b" and not again.decisions

@@ -91,18 +91,20 @@ class Kube:
 
     def _call(self, method: str, path: str, *, body: Any = None, query: Mapping[str, str] | None = None,
               content_type: str = "application/json") -> Any:
-        try:
-            data, _, _ = self.api.call_api(
-                path, method, query_params=list((query or {}).items()),
-                header_params={"Accept": "application/json", "Content-Type": content_type},
-                body=body, auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=False)
-        except ApiException as e:
-            if e.status == 404:
-                raise NotFound(path) from e
-            if e.status == 409:
-                raise Conflict(f"{path}: {e.reason}") from e
-            raise
-        raw = data.data
+        _, url, headers, _, _ = self.api.param_serialize(
+            method=method, resource_path=path, query_params=list((query or {}).items()),
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            auth_settings=["BearerToken"])
+        # The REST layer JSON-encodes bodies of json content types itself; others go as text.
+        payload = body if body is None or "json" in content_type else json.dumps(body)
+        resp = self.api.call_api(method, url, header_params=headers, body=payload, _request_timeout=30)
+        raw = resp.read()
+        if resp.status == 404:
+            raise NotFound(path)
+        if resp.status == 409:
+            raise Conflict(f"{path}: {raw[:300]!r}")
+        if resp.status >= 400:
+            raise ApiException(status=resp.status, reason=f"{method} {path}: {raw[:500].decode(errors='replace')}")
         return json.loads(raw) if raw else None
 
     # --- reads -----------------------------------------------------------------------------
@@ -128,9 +130,7 @@ class Kube:
         try:
             self._call("GET", KINDS[kind].base(None), query={"limit": "1"})
             return True
-        except NotFound:
-            return False
-        except ApiException:
+        except (NotFound, ApiException):
             return False
 
     # --- writes ----------------------------------------------------------------------------

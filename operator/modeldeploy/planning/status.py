@@ -152,6 +152,7 @@ def compute(inp: StatusInput) -> dict[str, Any]:
         "phase": phase,
         "replicas": replicas,
         "readyReplicas": ready,
+        "readyText": f"{ready}/{r}",
         "selector": f"modeldeploy.io/name={inp.name}",
         "stableRevision": stable,
         "canaryRevision": inp.current if rolling else None,

@@ -15,6 +15,17 @@ from dataclasses import dataclass, field
 from .observe import RevisionState
 
 
+class Reason:
+    """Event reasons of the switch's decisions."""
+
+    PROMOTED = "RevisionPromoted"
+    RETIRED = "RevisionRetired"
+    FAILED = "RevisionFailed"
+    SCALED = "RevisionScaled"
+    CREATED = "RevisionCreated"
+    UPDATED = "RevisionUpdated"
+
+
 @dataclass(frozen=True)
 class SwitchInput:
     desired_replicas: int
@@ -35,7 +46,7 @@ class SwitchPlan:
     failed: str | None = None
     failure: str = ""  # why `failed` cannot load (new this pass or still true)
     promoted: bool = False  # the stable revision changed in this pass
-    decisions: tuple[str, ...] = field(default=())  # human-readable, one event each
+    decisions: tuple[tuple[str, str], ...] = field(default=())  # (event reason, message), one event each
 
 
 def surge_pods(desired: int, gpus_per_pod: int, max_surge_gpus: int) -> int:
@@ -65,21 +76,22 @@ def plan(inp: SwitchInput, observed: Mapping[str, RevisionState]) -> SwitchPlan:
     if inp.stable is None or inp.stable == inp.current or inp.stable not in observed:
         failure = revision_failure(cur_state, inp.startup_timeout_seconds)
         promoted = inp.stable != inp.current
-        decisions = (f"revision {inp.current} is now the stable revision",) if promoted and inp.stable else ()
+        decisions = ((Reason.PROMOTED, f"revision {inp.current} is now the stable revision"),) \
+            if promoted and inp.stable else ()
         return SwitchPlan(replicas={inp.current: r}, retire=others, stable=inp.current,
                           failed=inp.current if failure else None, failure=failure,
                           promoted=promoted, decisions=decisions)
 
     stable_state = observed[inp.stable]
     retire = others
-    decisions: list[str] = [f"retiring intermediate revision {o}" for o in others]
+    decisions: list[tuple[str, str]] = [(Reason.RETIRED, f"retiring intermediate revision {o}") for o in others]
 
     # A revision already known to fail stays stopped until the spec changes again.
     failure = revision_failure(cur_state, inp.startup_timeout_seconds)
     if inp.failed == inp.current or failure:
         if failure and inp.failed != inp.current:
-            decisions.append(f"revision {inp.current} failed to load ({failure}); "
-                             f"revision {inp.stable} keeps serving")
+            decisions.append((Reason.FAILED, f"revision {inp.current} failed to load ({failure}); "
+                                             f"revision {inp.stable} keeps serving"))
         return SwitchPlan(replicas={inp.stable: r, inp.current: 0}, retire=retire, stable=inp.stable,
                           failed=inp.current, failure=failure or "", decisions=tuple(decisions))
 
@@ -100,8 +112,8 @@ def plan(inp: SwitchInput, observed: Mapping[str, RevisionState]) -> SwitchPlan:
         targets = {inp.stable: old_target, inp.current: new_target}
 
     if new_ready >= r:
-        decisions.append(f"revision {inp.current} serves all {r} replicas: promoted, "
-                         f"revision {inp.stable} retired")
+        decisions.append((Reason.PROMOTED, f"revision {inp.current} serves all {r} replicas: promoted, "
+                                           f"revision {inp.stable} retired"))
         return SwitchPlan(replicas={inp.current: r}, retire=(*retire, inp.stable), stable=inp.current,
                           promoted=True, decisions=tuple(decisions))
     return SwitchPlan(replicas=targets, retire=retire, stable=inp.stable, decisions=tuple(decisions))

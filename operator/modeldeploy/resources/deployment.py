@@ -1,0 +1,313 @@
+"""The Deployment of one revision: a model-loader init container and Triton (pure).
+
+The loader fetches, verifies, converts and quantizes the model and writes a Triton model
+repository into an emptyDir; Triton then serves it with --model-control-mode=none, so a pod is
+ready only once its model is loaded. What the loader receives is the contract in
+docs/loader-contract.md (environment variables, so the loader image needs no argument parsing
+shared with the operator).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .. import constants as c
+from ..api import ModelDeploymentSpec
+from . import labels
+
+# Keys of spec.model.source.credentialsSecret handed to the loader (each optional in the Secret).
+CREDENTIAL_KEYS: Final = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+)
+UID: Final = 1000
+PRESTOP_SLEEP_S: Final = 10  # time for endpoint removal to reach every proxy before Triton stops
+TRITON_EXIT_TIMEOUT_S: Final = 30  # in-flight requests Triton finishes on SIGTERM
+STARTUP_PROBE_PERIOD_S: Final = 10
+LOAD_DEADLINE_S: Final = 600  # added to startupTimeoutSeconds for the loader's fetch/convert
+REVISION_HISTORY_LIMIT: Final = 2
+VOLUME_REPOSITORY: Final = "model-repository"
+VOLUME_TMP: Final = "tmp"
+VOLUME_SHM: Final = "dshm"
+VOLUME_SOURCE: Final = "model-source"
+HEALTH_READY: Final = "/v2/health/ready"
+HEALTH_LIVE: Final = "/v2/health/live"
+
+
+@dataclass(frozen=True)
+class Images:
+    """Images from the operator's settings; spec.serving.image / loaderImage override them.
+
+    `serving_backend` names the ONNX backend the serving image provides (python-onnx for the CPU
+    image, onnxruntime for NVIDIA's), so the loader writes a config.pbtxt that image can run.
+    """
+
+    serving: str
+    loader: str
+    converter: str
+    pull_policy: str = "IfNotPresent"
+    serving_backend: str = ""
+
+
+def pod_images(spec: ModelDeploymentSpec, images: Images) -> tuple[str, str]:
+    """(Triton image, loader image): the converter image only when the format needs torch."""
+    serving = spec.serving.image or images.serving
+    if spec.serving.loader_image:
+        return serving, spec.serving.loader_image
+    return serving, images.converter if spec.model.needs_conversion else images.loader
+
+
+def image_inputs(spec: ModelDeploymentSpec, images: Images) -> tuple[str, ...]:
+    """What the pod template takes from the operator's settings: pass as api.revision_hash(images=...)."""
+    return (*pod_images(spec, images), images.serving_backend)
+
+
+def _container_security() -> dict[str, Any]:
+    # Pod Security "restricted" per container; the pod sets user, group and seccomp.
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "fsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def loader_env(spec: ModelDeploymentSpec, images: Images) -> list[dict[str, Any]]:
+    """The loader's inputs (docs/loader-contract.md); secrets by reference only, never by value."""
+    model, serving = spec.model, spec.serving
+    env: list[dict[str, Any]] = [
+        {"name": "MD_SOURCE_URI", "value": model.source.uri},
+        {"name": "MD_FORMAT", "value": model.format},
+        {"name": "MD_MODEL_NAME", "value": model.name},
+        {"name": "MD_MODEL_VERSION", "value": model.version},
+        {"name": "MD_MAX_BATCH_SIZE", "value": str(model.max_batch_size)},
+        {"name": "MD_QUANTIZE", "value": model.optimization.quantize},
+        {"name": "MD_MIN_AGREEMENT", "value": repr(model.optimization.min_agreement)},
+        {"name": "MD_WARMUP", "value": "true" if model.optimization.warmup else "false"},
+        {"name": "MD_GPUS", "value": str(serving.gpus)},
+        {"name": "MD_INSTANCES_PER_GPU", "value": str(serving.instances_per_gpu)},
+        {"name": "MD_REPOSITORY", "value": c.MODEL_REPOSITORY_PATH},
+    ]
+    if model.source.sha256:
+        env.append({"name": "MD_SHA256", "value": model.source.sha256})
+    if model.dynamic_batching is not None:
+        batching = {
+            "maxQueueDelayMicroseconds": model.dynamic_batching.max_queue_delay_microseconds,
+            "preferredBatchSizes": list(model.dynamic_batching.preferred_batch_sizes),
+        }
+        env.append({"name": "MD_DYNAMIC_BATCHING", "value": json.dumps(batching, sort_keys=True)})
+    if images.serving_backend:
+        env.append({"name": "MD_BACKEND", "value": images.serving_backend})
+    if model.source.pvc_claim:
+        env.append({"name": "MD_SOURCE_MOUNT", "value": c.SOURCE_MOUNT_PATH})
+    env += [{"name": "HOME", "value": "/tmp"}, {"name": "TMPDIR", "value": "/tmp"}]
+    if model.source.credentials_secret:
+        env += [
+            {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": model.source.credentials_secret, "key": key, "optional": True}},
+            }
+            for key in CREDENTIAL_KEYS
+        ]
+    return env
+
+
+def _quantities(values: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    return dict(sorted({**values, **extra}.items()))
+
+
+def container_resources(spec: ModelDeploymentSpec, *, with_gpus: bool) -> dict[str, Any]:
+    """User requests/limits plus, for Triton, the GPUs (requests = limits: extended resources)."""
+    serving = spec.serving
+    gpus = {serving.gpu_resource_name: str(serving.gpus)} if with_gpus and serving.gpus > 0 else {}
+    out: dict[str, Any] = {}
+    if requests := _quantities(serving.resources.requests, gpus):
+        out["requests"] = requests
+    if limits := _quantities(serving.resources.limits, gpus):
+        out["limits"] = limits
+    return out
+
+
+def _http_probe(path: str, period: int, timeout: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": c.PORT_NAME_HTTP, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+        "successThreshold": 1,
+    }
+
+
+def triton_args() -> list[str]:
+    """Triton's flags: fixed model set, strict readiness, no cloud-provider front ends."""
+    return [
+        f"--model-repository={c.MODEL_REPOSITORY_PATH}",
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        "--allow-sagemaker=false",
+        "--allow-vertex-ai=false",
+        "--exit-on-error=true",
+        f"--http-port={c.PORT_HTTP}",
+        f"--grpc-port={c.PORT_GRPC}",
+        f"--metrics-port={c.PORT_METRICS}",
+        f"--exit-timeout-secs={TRITON_EXIT_TIMEOUT_S}",
+    ]
+
+
+def _loader_container(spec: ModelDeploymentSpec, images: Images, image: str) -> dict[str, Any]:
+    mounts: list[dict[str, Any]] = [
+        {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH},
+        {"name": VOLUME_TMP, "mountPath": "/tmp"},
+    ]
+    if spec.model.source.pvc_claim:
+        mounts.append({"name": VOLUME_SOURCE, "mountPath": c.SOURCE_MOUNT_PATH, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": c.CONTAINER_LOADER,
+        "image": image,
+        "imagePullPolicy": images.pull_policy,
+        "command": ["python", "-m", "modeldeploy.loader"],
+        "env": loader_env(spec, images),
+        "volumeMounts": mounts,
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    # Same CPU/memory as Triton: an init container's request then never raises the pod's.
+    if resources := container_resources(spec, with_gpus=False):
+        container["resources"] = resources
+    return container
+
+
+def _triton_container(spec: ModelDeploymentSpec, images: Images, image: str) -> dict[str, Any]:
+    startup_failures = max(1, math.ceil(spec.serving.startup_timeout_seconds / STARTUP_PROBE_PERIOD_S))
+    container: dict[str, Any] = {
+        "name": c.CONTAINER_SERVING,
+        "image": image,
+        "imagePullPolicy": images.pull_policy,
+        "command": ["tritonserver"],
+        "args": triton_args(),
+        "ports": [
+            {"name": c.PORT_NAME_HTTP, "containerPort": c.PORT_HTTP, "protocol": "TCP"},
+            {"name": c.PORT_NAME_GRPC, "containerPort": c.PORT_GRPC, "protocol": "TCP"},
+            {"name": c.PORT_NAME_METRICS, "containerPort": c.PORT_METRICS, "protocol": "TCP"},
+        ],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "startupProbe": _http_probe(HEALTH_READY, STARTUP_PROBE_PERIOD_S, 5, startup_failures),
+        "readinessProbe": _http_probe(HEALTH_READY, 5, 3, 3),
+        "livenessProbe": _http_probe(HEALTH_LIVE, 10, 5, 3),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
+        "volumeMounts": [
+            {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH, "readOnly": True},
+            {"name": VOLUME_TMP, "mountPath": "/tmp"},
+            {"name": VOLUME_SHM, "mountPath": "/dev/shm"},
+        ],
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if resources := container_resources(spec, with_gpus=True):
+        container["resources"] = resources
+    return container
+
+
+def _volumes(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": VOLUME_REPOSITORY, "emptyDir": {}},
+        {"name": VOLUME_TMP, "emptyDir": {"sizeLimit": "1Gi"}},
+        # Triton's python backend passes tensors through /dev/shm; the runtime's default is 64 MiB.
+        {"name": VOLUME_SHM, "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+    ]
+    if claim := spec.model.source.pvc_claim:
+        volumes.append({"name": VOLUME_SOURCE, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    return volumes
+
+
+def _pod_spec(md_name: str, spec: ModelDeploymentSpec, images: Images) -> dict[str, Any]:
+    serving = spec.serving
+    serving_image, loader_image = pod_images(spec, images)
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # neither container talks to the Kubernetes API
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(),
+        "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + TRITON_EXIT_TIMEOUT_S + 5,
+        "initContainers": [_loader_container(spec, images, loader_image)],
+        "containers": [_triton_container(spec, images, serving_image)],
+        "volumes": _volumes(spec),
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": labels.selector_labels(md_name)},
+            }
+        ],
+    }
+    if serving.node_selector:
+        pod["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        pod["tolerations"] = [t.to_manifest() for t in serving.tolerations]
+    if serving.priority_class_name:
+        pod["priorityClassName"] = serving.priority_class_name
+    return pod
+
+
+def _strategy(gpus: int) -> dict[str, Any]:
+    # With GPUs a surge pod would wait for a GPU nobody has spare: replace in place instead.
+    if gpus > 0:
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
+
+
+def build_deployment(
+    md_name: str,
+    namespace: str,
+    owner_uid: str,
+    spec: ModelDeploymentSpec,
+    revision: str,
+    replicas: int,
+    images: Images,
+    role: str,
+) -> dict[str, Any]:
+    """apps/v1 Deployment `<name>-<revision>` with `replicas` pods; `role` is stable or canary.
+
+    The role goes on the Deployment's labels only: the pod template of a revision never changes
+    when it is promoted, so promotion restarts nothing.
+    """
+    pod_labels = labels.pod_labels(md_name, revision, spec.model.version)
+    meta_labels = {**pod_labels, c.LABEL_ROLE: role}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": labels.object_meta(
+            labels.deployment_name(md_name, revision), namespace, md_name, owner_uid, meta_labels
+        ),
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": REVISION_HISTORY_LIMIT,
+            "progressDeadlineSeconds": spec.serving.startup_timeout_seconds + LOAD_DEADLINE_S,
+            "selector": {"matchLabels": labels.revision_selector(md_name, revision)},
+            "strategy": _strategy(spec.serving.gpus),
+            "template": {
+                "metadata": {
+                    "labels": dict(sorted(pod_labels.items())),
+                    "annotations": {"kubectl.kubernetes.io/default-container": c.CONTAINER_SERVING},
+                },
+                "spec": _pod_spec(md_name, spec, images),
+            },
+        },
+    }

@@ -1,0 +1,79 @@
+"""Names, labels and ownership metadata shared by every object the operator builds (pure).
+
+One place decides which labels select what: Services and the PDB select by the name label only
+(all serving pods of a ModelDeployment), a revision adds the revision label, and the role label
+lives on Deployments and Services but never on pods, so promoting a canary restarts nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import constants as c
+
+
+def deployment_name(md_name: str, revision: str) -> str:
+    """One Deployment per revision: `<name>-<revision>`."""
+    return f"{md_name}-{revision}"
+
+
+def stable_service_name(md_name: str) -> str:
+    """Service selecting the stable revision's pods."""
+    return f"{md_name}-stable"
+
+
+def canary_service_name(md_name: str) -> str:
+    """Service selecting the canary revision's pods."""
+    return f"{md_name}-canary"
+
+
+def selector_labels(md_name: str) -> dict[str, str]:
+    """Selects every serving pod of a ModelDeployment, whatever its revision."""
+    return {c.LABEL_NAME: md_name}
+
+
+def revision_selector(md_name: str, revision: str) -> dict[str, str]:
+    """Selects the pods of one revision (immutable Deployment selector, per-revision Services)."""
+    return {c.LABEL_NAME: md_name, c.LABEL_REVISION: revision}
+
+
+def common_labels(md_name: str) -> dict[str, str]:
+    """Labels every child carries, so `kubectl get all -l modeldeploy.io/name=X` finds them."""
+    return {
+        c.LABEL_NAME: md_name,
+        c.LABEL_APP_NAME: md_name,
+        c.LABEL_APP_INSTANCE: md_name,
+        c.LABEL_APP_COMPONENT: c.COMPONENT_SERVER,
+        c.LABEL_MANAGED_BY: c.MANAGED_BY,
+    }
+
+
+def pod_labels(md_name: str, revision: str, model_version: str) -> dict[str, str]:
+    """Pod template labels: fixed for the life of a revision (no role: see the module docstring)."""
+    return {
+        **common_labels(md_name),
+        c.LABEL_REVISION: revision,
+        c.LABEL_APP_VERSION: model_version,
+    }
+
+
+def owner_reference(md_name: str, owner_uid: str) -> dict[str, Any]:
+    """Controller reference to the ModelDeployment: deletion cascades, and adoption is unambiguous."""
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND,
+        "name": md_name,
+        "uid": owner_uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def object_meta(name: str, namespace: str, md_name: str, owner_uid: str, labels: dict[str, str]) -> dict[str, Any]:
+    """metadata of a child object, owned by its ModelDeployment."""
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": dict(sorted(labels.items())),
+        "ownerReferences": [owner_reference(md_name, owner_uid)],
+    }
