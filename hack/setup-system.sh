@@ -18,5 +18,9 @@ if [[ ${#missing[@]} -eq 0 ]]; then
 fi
 echo "installing: ${missing[*]}"
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+log="$(mktemp -t md-apt.XXXXXX.log)"
+if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+       --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+  cat "$log"; echo "apt-get failed (log: $log)" >&2; exit 1
+fi
+echo "installed ${#missing[@]} package(s) (log: $log)"

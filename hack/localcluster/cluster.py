@@ -30,7 +30,7 @@ def _existing_nodes(cfg: ClusterConfig) -> set[str]:
 
 def ensure_fake_nodes(cfg: ClusterConfig) -> None:
     """Create the kwok GPU nodes that do not exist yet, then wait until kwok reports them Ready."""
-    wanted = nodes.fake_gpu_nodes(cfg.fake_nodes, cfg.gpus_per_node, cfg.gpu_product)
+    wanted = nodes.fake_gpu_nodes(cfg.fake_nodes, cfg.gpus_per_node, cfg.gpu_product, cfg.max_pods_per_node)
     missing = [n for n in wanted if n["metadata"]["name"] not in _existing_nodes(cfg)]
     if missing:
         kubectl(cfg, "create", "-f", "-", input_text=yaml.safe_dump_all(missing))

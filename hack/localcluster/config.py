@@ -32,6 +32,7 @@ class ClusterConfig:
     fake_nodes: int = 3
     gpus_per_node: int = 8
     gpu_product: str = "NVIDIA-H100-80GB-HBM3"
+    max_pods_per_node: int = 110
     service_cidr: str = "10.96.0.0/16"
     pod_cidr: str = "10.245.0.0/16"
     extra_apiserver_args: tuple[str, ...] = field(default=())

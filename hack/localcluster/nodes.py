@@ -9,9 +9,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def fake_gpu_node(name: str, gpus: int, product: str, cpu: str = "32", memory: str = "256Gi",
-                  zone: str = "zone-a") -> dict[str, Any]:
+                  zone: str = "zone-a", max_pods: int = 110) -> dict[str, Any]:
     """A Node that kwok keeps Ready, with `gpus` nvidia.com/gpu and the labels GPU Feature Discovery sets."""
-    capacity = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "500Gi", GPU_RESOURCE: str(gpus)}
+    capacity = {"cpu": cpu, "memory": memory, "pods": str(max_pods), "ephemeral-storage": "500Gi", GPU_RESOURCE: str(gpus)}
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -40,6 +40,7 @@ def fake_gpu_node(name: str, gpus: int, product: str, cpu: str = "32", memory: s
     }
 
 
-def fake_gpu_nodes(count: int, gpus: int, product: str) -> list[dict[str, Any]]:
+def fake_gpu_nodes(count: int, gpus: int, product: str, max_pods: int = 110) -> list[dict[str, Any]]:
     zones = ("zone-a", "zone-b", "zone-c")
-    return [fake_gpu_node(f"kwok-gpu-{i}", gpus, product, zone=zones[i % len(zones)]) for i in range(count)]
+    return [fake_gpu_node(f"kwok-gpu-{i}", gpus, product, zone=zones[i % len(zones)], max_pods=max_pods)
+            for i in range(count)]
