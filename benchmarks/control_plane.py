@@ -102,7 +102,7 @@ def measure(tc: ClusterHandle, proc: op.OperatorProcess, n: int, rest_seconds: f
     _wait_all(tc, "modeldeployments", ns, n, lambda m: m.get("status", {}).get("phase") == "Ready", 1800)
     ready_s = time.monotonic() - began
     settled = time.time()
-    cpu1, rss = _proc_stats(proc.proc.pid)
+    cpu1, _ = _proc_stats(proc.proc.pid)
     time.sleep(5)  # let in-flight status writes land before measuring rest
     rest_from = time.time()
     time.sleep(rest_seconds)

@@ -11,7 +11,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 def fake_gpu_node(name: str, gpus: int, product: str, cpu: str = "32", memory: str = "256Gi",
                   zone: str = "zone-a", max_pods: int = 110) -> dict[str, Any]:
     """A Node that kwok keeps Ready, with `gpus` nvidia.com/gpu and the labels GPU Feature Discovery sets."""
-    capacity = {"cpu": cpu, "memory": memory, "pods": str(max_pods), "ephemeral-storage": "500Gi", GPU_RESOURCE: str(gpus)}
+    capacity = {"cpu": cpu, "memory": memory, "pods": str(max_pods), "ephemeral-storage": "500Gi",
+                GPU_RESOURCE: str(gpus)}
     return {
         "apiVersion": "v1",
         "kind": "Node",
