@@ -236,3 +236,66 @@ def test_spec_is_never_mutated(cluster: ClusterHandle, operator: Any, namespace:
     managers = {m["manager"] for m in md["metadata"]["managedFields"] if m.get("subresource") != "status"}
     assert managers == {"test"}, managers
     assert not any(k.startswith("kopf.") for k in md["metadata"].get("annotations", {}))
+
+
+def _events(tc: ClusterHandle, ns: str, name: str) -> list[dict[str, Any]]:
+    return [e for e in tc.kubectl_json("get", "events", "-n", ns)["items"]
+            if e["involvedObject"].get("kind") == "ModelDeployment" and e["involvedObject"]["name"] == name]
+
+
+def test_new_version_that_fails_to_load_keeps_the_stable_one_serving(cluster: ClusterHandle, operator: Any,
+                                                                      namespace: str) -> None:
+    from localcluster.kwok_stages import FAILING_MODEL_URI, FAILURE_MESSAGE
+
+    cluster.apply(model_deployment("broken", replicas=2, max_surge_gpus=1), namespace)
+    stable = _wait_ready(cluster, namespace, "broken")["status"]["stableRevision"]
+    cluster.apply(model_deployment("broken", version="2", replicas=2, max_surge_gpus=1, uri=FAILING_MODEL_URI),
+                  namespace)
+
+    def failed() -> dict[str, Any] | None:
+        md = _md(cluster, namespace, "broken")
+        loaded = _condition(md, "ModelLoaded")
+        return md if loaded.get("status") == "False" and md["status"].get("phase") == "Degraded" else None
+
+    md = wait_for(failed, 60, message="ModelLoaded=False")
+    loaded = _condition(md, "ModelLoaded")
+    assert loaded["reason"] == "LoadFailed"
+    assert FAILURE_MESSAGE in loaded["message"] and "model-loader" in loaded["message"]
+    assert md["status"]["stableRevision"] == stable
+    assert _condition(md, "Ready")["status"] == "True"
+
+    def settled() -> bool:
+        deps = {d["metadata"]["labels"]["modeldeploy.io/revision"]: d["spec"]["replicas"]
+                for d in _deployments(cluster, namespace, "broken")}
+        return deps[stable] == 2 and deps.get(md["status"]["failedRevision"], 0) == 0
+
+    wait_for(settled, 30, message="stable back to 2 replicas, failed revision at 0")
+    # No traffic moves to it: the Service's endpoints are the stable pods only.
+    slices = cluster.kubectl_json("get", "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=broken")
+    ready_pods = {ep["targetRef"]["name"] for s in slices["items"] for ep in s.get("endpoints") or []
+                  if ep.get("conditions", {}).get("ready")}
+    assert ready_pods and all(p.startswith(f"broken-{stable}-") for p in ready_pods)
+    warnings = [e for e in _events(cluster, namespace, "broken") if e["type"] == "Warning"]
+    assert any(e["reason"] == "RevisionFailed" and FAILURE_MESSAGE in e["message"] for e in warnings)
+
+    # Fixing the spec rolls out the good version.
+    cluster.apply(model_deployment("broken", version="3", replicas=2, max_surge_gpus=1), namespace)
+
+    def recovered() -> bool:
+        st = _md(cluster, namespace, "broken").get("status", {})
+        return st.get("phase") == "Ready" and st.get("stableRevision") not in (stable, None) \
+            and st.get("failedRevision") is None
+
+    wait_for(recovered, 60, message="recovered with version 3")
+
+
+def test_first_version_that_fails_to_load_is_failed(cluster: ClusterHandle, operator: Any, namespace: str) -> None:
+    from localcluster.kwok_stages import FAILING_MODEL_URI
+
+    cluster.apply(model_deployment("never", replicas=1, uri=FAILING_MODEL_URI), namespace)
+
+    def failed() -> bool:
+        md = _md(cluster, namespace, "never")
+        return md.get("status", {}).get("phase") == "Failed" and _condition(md, "ModelLoaded").get("status") == "False"
+
+    wait_for(failed, 60, message="phase Failed")
