@@ -1,0 +1,1 @@
+"""The canary rollout (pure): traffic split, metric analysis, and the state machine that drives them."""

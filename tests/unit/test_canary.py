@@ -1,0 +1,220 @@
+"""The canary state machine, step by step (pure): traces of whole rollouts on a simulated world."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import pytest
+
+from modeldeploy.api import AnalysisSpec, CanaryStep, RolloutSpec, ValidationSpec
+from modeldeploy.rollout import canary
+from modeldeploy.rollout.analysis import Counters, Thresholds, Verdict, judge
+from modeldeploy.rollout.canary import Decision, Manual, Observation, Phase
+from modeldeploy.rollout.traffic import split
+
+ROLLOUT = RolloutSpec(steps=(CanaryStep(10, 60), CanaryStep(50, 120)),
+                      analysis=AnalysisSpec(interval=15, min_requests=50, max_error_rate=0.01,
+                                            max_latency_ratio=1.25, failure_limit=2))
+
+
+@dataclass
+class World:
+    """Pods become ready at once; each tick every ready pod serves `rps_per_pod` requests."""
+
+    desired: int = 10
+    gpus: int = 1
+    rps_per_pod: float = 20.0
+    canary_error_rate: float = 0.0
+    canary_latency_us: float = 10_000
+    stable_latency_us: float = 10_000
+    stable_spec: int = 10
+    canary_spec: int = 0
+    canary: Counters = field(default_factory=Counters)
+    stable: Counters = field(default_factory=Counters)
+    metrics_ok: bool = True
+    manual: str | None = None
+    validation: tuple[bool, str] | None = None
+
+    def observe(self) -> Observation:
+        return Observation(self.desired, self.gpus, self.stable_spec, self.canary_spec, self.stable_spec,
+                           self.canary_spec, self.canary if self.metrics_ok else None,
+                           self.stable if self.metrics_ok else None, validation=self.validation, manual=self.manual)
+
+    def act(self, d: Decision, seconds: float, canary_in_service: bool) -> None:
+        self.stable_spec, self.canary_spec = d.stable_replicas, d.canary_replicas
+        n_c = self.rps_per_pod * seconds * self.canary_spec if canary_in_service else 0
+        n_s = self.rps_per_pod * seconds * self.stable_spec
+        self.canary = Counters(self.canary.success + n_c * (1 - self.canary_error_rate),
+                               self.canary.failure + n_c * self.canary_error_rate,
+                               self.canary.duration_us + n_c * self.canary_latency_us)
+        self.stable = Counters(self.stable.success + n_s, self.stable.failure,
+                               self.stable.duration_us + n_s * self.stable_latency_us)
+
+
+def run(world: World, rollout: RolloutSpec = ROLLOUT, tick: float = 5, max_ticks: int = 200,
+        restart_every_tick: bool = False) -> tuple[canary.CanaryState, list[Decision]]:
+    now = 1_000.0
+    state = canary.start("new", "old", rollout, now)
+    trace = []
+    for _ in range(max_ticks):
+        if restart_every_tick:  # what a restarted operator reads back from status.canary
+            state = canary.from_status(canary.to_status(state, 0))
+            assert state is not None
+        d = canary.next_step(state, rollout, world.observe(), now)
+        trace.append(d)
+        state = d.state
+        if state.phase in canary.DONE:
+            break
+        world.act(d, tick, d.canary_in_main_service)
+        now += tick
+    return state, trace
+
+
+def weights(trace: list[Decision]) -> list[int]:
+    out: list[int] = []
+    for d in trace:
+        w = round(d.weight)
+        if not out or out[-1] != w:
+            out.append(w)
+    return out
+
+
+def reasons(trace: list[Decision]) -> list[str]:
+    return [e[1] for d in trace for e in d.events]
+
+
+def test_happy_path_promotes_through_every_step() -> None:
+    state, trace = run(World())
+    assert state.phase == Phase.PROMOTED
+    w = weights(trace)
+    assert w[:2] == [10, 50] and w[-1] == 100  # then promotion trades stable pods for canary pods
+    assert w == sorted(w)  # traffic only ever moves toward the canary
+    r = reasons(trace)
+    assert r.count(canary.Reason.STEP_PASSED) == 2 and r[-1] == canary.Reason.PROMOTED
+    assert "Warning" not in [e[0] for d in trace for e in d.events]
+    total = sum(d.stable_replicas + d.canary_replicas for d in trace) / len(trace)
+    assert all(d.stable_replicas + d.canary_replicas <= 10 for d in trace), total  # GPU budget held
+
+
+def test_erroring_canary_rolls_back_within_the_first_step() -> None:
+    state, trace = run(World(canary_error_rate=0.05))
+    assert state.phase == Phase.ROLLED_BACK
+    assert max(round(d.weight) for d in trace) == 10
+    assert "error rate 5.00% > 1.00%" in state.reason
+    fails = [e for d in trace for e in d.events if e[1] == canary.Reason.ANALYSIS and "Fail" in e[2]]
+    assert len(fails) == 2  # failureLimit consecutive failures, not one more
+    assert trace[-1].canary_replicas == 0 and trace[-1].stable_replicas == 10
+
+
+def test_slow_canary_rolls_back() -> None:
+    state, _ = run(World(canary_latency_us=20_000))
+    assert state.phase == Phase.ROLLED_BACK and "latency 2.00x" in state.reason
+
+
+def test_too_little_traffic_never_promotes() -> None:
+    state, trace = run(World(rps_per_pod=0.5), max_ticks=100)
+    assert state.phase == Phase.PROGRESSING and state.step == 0
+    assert all(a["verdict"] == Verdict.INCONCLUSIVE for a in state.analyses)
+
+
+def test_unreadable_metrics_count_as_failures() -> None:
+    state, _ = run(World(metrics_ok=False))
+    assert state.phase == Phase.ROLLED_BACK and state.reason == "metrics could not be read"
+
+
+@pytest.mark.parametrize("world", [World(), World(canary_error_rate=0.05), World(rps_per_pod=0.5)],
+                         ids=["good", "bad", "quiet"])
+def test_restart_at_every_tick_changes_nothing(world: World) -> None:
+    a_state, a_trace = run(dataclasses.replace(world), max_ticks=100)
+    b_state, b_trace = run(dataclasses.replace(world), max_ticks=100, restart_every_tick=True)
+    assert [(d.stable_replicas, d.canary_replicas, d.events) for d in a_trace] == \
+           [(d.stable_replicas, d.canary_replicas, d.events) for d in b_trace]
+    assert a_state.phase == b_state.phase and a_state.analyses == b_state.analyses
+
+
+def test_manual_abort_and_promote() -> None:
+    now = 0.0
+    st = canary.start("new", "old", ROLLOUT, now)
+    w = World()
+    d = canary.next_step(st, ROLLOUT, dataclasses.replace(w, manual=Manual.ABORT).observe(), now)
+    assert d.state.phase == Phase.ROLLING_BACK and d.events[0][1] == canary.Reason.ABORTED
+    d = canary.next_step(st, ROLLOUT, dataclasses.replace(w, manual=Manual.PROMOTE).observe(), now)
+    assert d.state.phase == Phase.PROMOTING
+
+
+def test_pause_holds_and_resume_continues() -> None:
+    w = World()
+    st = canary.start("new", "old", ROLLOUT, 0)
+    d = canary.next_step(st, ROLLOUT, w.observe(), 0)
+    w.act(d, 5, True)
+    w.manual = Manual.PAUSE
+    paused = canary.next_step(d.state, ROLLOUT, w.observe(), 5)
+    assert paused.state.phase == Phase.PAUSED
+    held = canary.next_step(paused.state, ROLLOUT, w.observe(), 500)
+    assert (held.stable_replicas, held.canary_replicas) == (w.stable_spec, w.canary_spec)
+    assert held.state.step == 0
+    w.manual = None
+    resumed = canary.next_step(held.state, ROLLOUT, w.observe(), 505)
+    assert resumed.state.phase == Phase.PROGRESSING and resumed.events[0][1] == canary.Reason.RESUMED
+
+
+def test_load_failure_rolls_back_at_once() -> None:
+    st = canary.start("new", "old", ROLLOUT, 0)
+    obs = dataclasses.replace(World().observe(), load_failure="model-loader: 404 Not Found")
+    d = canary.next_step(st, ROLLOUT, obs, 0)
+    assert d.state.phase == Phase.ROLLING_BACK and d.canary_replicas == 0 and d.stable_replicas == 10
+
+
+VALIDATED = dataclasses.replace(ROLLOUT, validation=ValidationSpec("s3://m/val.npz", min_accuracy=0.95))
+
+
+def test_validation_gate_keeps_live_traffic_away_until_it_passes() -> None:
+    w = World()
+    st = canary.start("new", "old", VALIDATED, 0)
+    assert st.phase == Phase.VALIDATING
+    d = canary.next_step(st, VALIDATED, w.observe(), 0)
+    assert d.canary_replicas == 1 and not d.canary_in_main_service and not d.run_validation
+    w.act(d, 5, False)
+    d = canary.next_step(d.state, VALIDATED, w.observe(), 5)
+    assert d.run_validation and not d.canary_in_main_service
+    w.validation = (True, "accuracy 0.978 >= 0.95 on 360 samples")
+    d = canary.next_step(d.state, VALIDATED, w.observe(), 10)
+    assert d.state.phase == Phase.PROGRESSING and d.events[0][1] == canary.Reason.VALIDATION_PASSED
+
+
+def test_validation_failure_rolls_back_with_reason() -> None:
+    w = dataclasses.replace(World(), canary_spec=1, validation=(False, "accuracy 0.61 < 0.95"))
+    d = canary.next_step(canary.start("new", "old", VALIDATED, 0), VALIDATED, w.observe(), 0)
+    assert d.state.phase == Phase.ROLLING_BACK and d.events[0][1] == canary.Reason.VALIDATION_FAILED
+
+
+@pytest.mark.parametrize(("desired", "weight", "gpus", "surge", "stable", "can"), [
+    (10, 10, 1, 0, 9, 1),   # no budget: the stable revision gives up a pod per canary pod
+    (10, 10, 1, 1, 10, 1),  # one spare GPU: nobody gives anything up
+    (10, 50, 1, 2, 7, 5),
+    (10, 1, 1, 0, 9, 1),    # at least one canary pod
+    (4, 10, 2, 0, 3, 1),
+    (4, 10, 2, 2, 4, 1),    # budget in GPUs: one 2-GPU pod of surge
+    (3, 50, 0, 0, 3, 2),    # CPU pods cost no GPUs
+    (1, 10, 1, 0, 0, 1),    # one replica, no budget: the canary takes its place
+    (10, 100, 1, 0, 0, 10),
+])
+def test_split_table(desired: int, weight: int, gpus: int, surge: int, stable: int, can: int) -> None:
+    s = split(desired, weight, gpus, surge)
+    assert (s.stable, s.canary) == (stable, can)
+    if gpus:
+        assert (s.stable + s.canary) * gpus <= desired * gpus + surge
+
+
+def test_judge_orders_checks() -> None:
+    t = Thresholds(min_requests=10, max_error_rate=0.01, max_latency_ratio=1.25, max_latency_s=0.05)
+    base = Counters(100, 0, 100 * 10_000)
+    assert judge(Counters(5, 0, 0), base, t).verdict == Verdict.INCONCLUSIVE
+    assert judge(Counters(90, 10, 100 * 50_000), base, t).reason.startswith("error rate")
+    assert judge(Counters(100, 0, 100 * 60_000), Counters(100, 0, 100 * 55_000), t).reason.startswith("latency 60.0 ms")
+    assert judge(Counters(100, 0, 100 * 11_000), base, t).verdict == Verdict.PASS
+
+
+def test_counter_reset_counts_from_zero() -> None:
+    assert Counters(5, 1, 60).minus(Counters(100, 3, 900)) == Counters(5, 1, 60)
