@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +98,25 @@ def operator(_operator_session: object) -> object:
     if proc.proc is None or proc.proc.poll() is not None:  # type: ignore[attr-defined]
         proc.start()  # type: ignore[attr-defined]
     return proc
+
+
+@pytest.fixture(scope="session")
+def real_cluster() -> Iterator[cluster_support.ClusterHandle]:
+    """A local cluster whose one node is real (pods run in containerd), for the e2e tier.
+
+    Needs root (bridge, iptables, mounts, cgroups) and containerd/runc/CNI plugins on the host
+    (`make system`). MD_KEEP_CLUSTER=1 keeps it after the session; `down` otherwise, which fails
+    the session if anything (process, mount, chain, bridge, cgroup) is left behind.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("the real node needs root (bridge, iptables, mounts, cgroups)")
+    missing = [t for t in ("containerd", "runc", "ctr", "iptables", "gcc") if shutil.which(t) is None]
+    if missing or not Path("/usr/lib/cni/bridge").exists():
+        pytest.skip(f"real node prerequisites missing: {missing or ['/usr/lib/cni']} (run `make system`)")
+    began = time.monotonic()
+    tc = cluster_support.start_real_node(os.environ.get("MD_TEST_REAL_CLUSTER", "pytest-e2e"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (ARTIFACTS / "real-node-timings.txt").open("a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} real_cluster up {time.monotonic() - began:.1f}s\n")
+    yield tc
+    cluster_support.stop(tc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from . import binaries, controlplane, nodes
+from . import binaries, controlplane, hostclean, nodes, realnode
 from .config import ClusterConfig
 from .progress import say, step
 
@@ -48,28 +49,60 @@ def _wait_for_rbac_bootstrap(cfg: ClusterConfig, timeout: float = 60) -> None:
     raise TimeoutError("the default ServiceAccount never appeared (kube-controller-manager not working?)")
 
 
+def effective(cfg: ClusterConfig) -> ClusterConfig:
+    """A cluster that has a real node keeps it: `up` without --real-node, `status` and the
+    rest must still see the API server on the bridge address."""
+    if not cfg.real_node and realnode.present(cfg):
+        return dataclasses.replace(cfg, real_node=True)
+    return cfg
+
+
 def up(cfg: ClusterConfig) -> None:
     began = time.monotonic()
     cold = not cfg.root.exists()
-    controlplane.up(cfg)
+    cfg = effective(cfg)
+    if cfg.real_node:
+        realnode.prepare_host(cfg)  # the API server binds to the node bridge's address
+    ports = controlplane.up(cfg)
     with step("waiting for controllers (default ServiceAccount)"):
         _wait_for_rbac_bootstrap(cfg)
-    with step(f"{cfg.fake_nodes} kwok nodes with {cfg.gpus_per_node}x nvidia.com/gpu each"):
-        ensure_fake_nodes(cfg)
+    if cfg.fake_nodes > 0:
+        with step(f"{cfg.fake_nodes} kwok nodes with {cfg.gpus_per_node}x nvidia.com/gpu each"):
+            ensure_fake_nodes(cfg)
+    if cfg.real_node:
+        with step(f"real node {cfg.node_name} (containerd, kube-proxy, kubelet)"):
+            realnode.up(cfg, controlplane.server_url(cfg, ports))
     took = time.monotonic() - began
-    say(f"cluster '{cfg.name}' is up ({'cold' if cold else 'warm'} up took {took:.1f}s); "
-        f"export KUBECONFIG={cfg.kubeconfig}")
+    kind = f"{'cold' if cold else 'warm'}{' real-node' if cfg.real_node else ''}"
+    say(f"cluster '{cfg.name}' is up ({kind} up took {took:.1f}s); export KUBECONFIG={cfg.kubeconfig}")
     timings = cfg.root / "timings.log"
     with timings.open("a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {'cold' if cold else 'warm'} up {took:.1f}s\n")
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {kind} up {took:.1f}s\n")
 
 
 def down(cfg: ClusterConfig) -> None:
-    """Stop every process and delete the cluster's directory: nothing left behind."""
+    """Stop every process and delete the cluster's directory: nothing left behind.
+
+    The real node goes first (its pods, mounts, cgroups and netfilter rules need containerd's
+    and kube-proxy's state); the directory is only deleted once nothing is mounted below it, so
+    the deletion can never reach through a mount into other data.
+    """
     with step(f"stopping cluster '{cfg.name}'"):
+        problems = realnode.down(cfg)
         controlplane.down(cfg)
+        still_mounted = hostclean.unmount_all(cfg.root)
+        if still_mounted:
+            raise RuntimeError(f"still mounted under {cfg.root}, not deleting it: {still_mounted}")
         if cfg.root.exists():
             shutil.rmtree(cfg.root)
+    if problems:
+        raise RuntimeError(f"cluster '{cfg.name}' is down but left behind: {problems}")
+
+
+def load_image(cfg: ClusterConfig, archive: Path) -> None:
+    """Import an image archive into the real node's containerd (what `load-image` runs)."""
+    with step(f"importing {archive} into {cfg.node_name}"):
+        realnode.load_image(cfg, archive)
 
 
 def logs(cfg: ClusterConfig, component: str, lines: int) -> str:

@@ -36,6 +36,8 @@ class ClusterConfig:
     service_cidr: str = "10.96.0.0/16"
     pod_cidr: str = "10.245.0.0/16"
     extra_apiserver_args: tuple[str, ...] = field(default=())
+    # One real kubelet + containerd node on this machine (real pods); fake_nodes may then be 0.
+    real_node: bool = False
 
     @property
     def root(self) -> Path:
@@ -52,3 +54,8 @@ class ClusterConfig:
     @property
     def pki(self) -> Path:
         return self.root / "pki"
+
+    @property
+    def node_name(self) -> str:
+        """The real node's name (its kubelet's identity: system:node:<node_name>)."""
+        return f"{self.name}-node"

@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import binaries, kubeconfig, pki, process
+from . import binaries, hostnet, kubeconfig, kwok_stages, pki, process, realnode
 from .config import ClusterConfig
 from .progress import say, step
 
@@ -74,8 +74,13 @@ def ensure_ports(cfg: ClusterConfig) -> Ports:
     return ports
 
 
-def server_url(ports: Ports) -> str:
-    return f"https://127.0.0.1:{ports.apiserver}"
+def api_host(cfg: ClusterConfig) -> str:
+    """Where the API server listens: loopback, or the node bridge's address so pods reach it."""
+    return hostnet.GATEWAY if cfg.real_node else "127.0.0.1"
+
+
+def server_url(cfg: ClusterConfig, ports: Ports) -> str:
+    return f"https://{api_host(cfg)}:{ports.apiserver}"
 
 
 def _tls_context(cfg: ClusterConfig, client_stem: str | None = "admin") -> ssl.SSLContext:
@@ -108,7 +113,7 @@ def healthy(cfg: ClusterConfig, component: str, ports: Ports) -> bool:
         code, body = _get(f"http://127.0.0.1:{ports.etcd_client}/health", None)
         return code == 200 and '"true"' in body
     if component == "kube-apiserver":
-        return _get(f"{server_url(ports)}/readyz", _tls_context(cfg))[0] == 200
+        return _get(f"{server_url(cfg, ports)}/readyz", _tls_context(cfg))[0] == 200
     if component == "kube-controller-manager":
         return _get(f"https://127.0.0.1:{ports.controller_manager}/healthz", _insecure())[0] == 200
     if component == "kube-scheduler":
@@ -138,6 +143,14 @@ def tail_log(cfg: ClusterConfig, component: str, lines: int) -> str:
         return "(no log)"
 
 
+def _real_node_apiserver_args(cfg: ClusterConfig) -> list[str]:
+    """logs/exec: reach the kubelet by its IP (node names are not in DNS here), verify its cert."""
+    if not cfg.real_node:
+        return []
+    return ["--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+            f"--kubelet-certificate-authority={cfg.pki / 'ca.crt'}"]
+
+
 def _args(cfg: ClusterConfig, component: str, ports: Ports, bins: dict[str, Path]) -> list[str]:
     k = cfg.pki
     kc = cfg.root / "kubeconfigs"
@@ -152,7 +165,7 @@ def _args(cfg: ClusterConfig, component: str, ports: Ports, bins: dict[str, Path
     if component == "kube-apiserver":
         return [str(bins["kube-apiserver"]),
                 f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                f"--bind-address={api_host(cfg)}", f"--advertise-address={api_host(cfg)}",
                 f"--secure-port={ports.apiserver}",
                 f"--tls-cert-file={k / 'apiserver.crt'}", f"--tls-private-key-file={k / 'apiserver.key'}",
                 f"--client-ca-file={k / 'ca.crt'}",
@@ -166,11 +179,13 @@ def _args(cfg: ClusterConfig, component: str, ports: Ports, bins: dict[str, Path
                 "--enable-admission-plugins=NodeRestriction",
                 f"--service-cluster-ip-range={cfg.service_cidr}",
                 "--allow-privileged=true",
-                # Loopback addresses are not valid Endpoints; pods reach the API another way.
-                "--endpoint-reconciler-type=none",
+                # The `kubernetes` Service's endpoint is the advertised address; loopback is not a
+                # valid endpoint, so kwok-only clusters keep none (nothing in them reaches it anyway).
+                f"--endpoint-reconciler-type={'lease' if cfg.real_node else 'none'}",
                 f"--audit-policy-file={cfg.root / 'audit-policy.yaml'}",
                 f"--audit-log-path={cfg.logs / 'audit.log'}",
                 "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
+                *_real_node_apiserver_args(cfg),
                 "--profiling=false", "--v=1", *cfg.extra_apiserver_args]
     if component == "kube-controller-manager":
         kcfg = kc / "controller-manager.kubeconfig"
@@ -189,7 +204,7 @@ def _args(cfg: ClusterConfig, component: str, ports: Ports, bins: dict[str, Path
                 "--leader-elect=false", "--profiling=false", "--v=1"]
     if component == "kwok":
         return [str(bins["kwok"]), f"--kubeconfig={kc / 'kwok.kubeconfig'}",
-                f"--config={binaries.kwok_stages()}",
+                f"--config={kwok_stages.write(cfg)}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 f"--cidr={cfg.pod_cidr}", "--node-ip=10.255.0.1", "--node-lease-duration-seconds=40",
@@ -198,11 +213,15 @@ def _args(cfg: ClusterConfig, component: str, ports: Ports, bins: dict[str, Path
 
 
 def _prepare(cfg: ClusterConfig, ports: Ports) -> None:
-    names = ("127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default",
-             "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
-    pki.ensure_pki(cfg.pki, names)
+    names: tuple[str, ...] = ("127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default",
+                              "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+    if cfg.real_node:
+        names = (*names, hostnet.GATEWAY)
+        pki.ensure_pki(cfg.pki, names, realnode.client_identities(cfg), realnode.serving_certs(cfg))
+    else:
+        pki.ensure_pki(cfg.pki, names)
     (cfg.root / "audit-policy.yaml").write_text(AUDIT_POLICY)
-    server = server_url(ports)
+    server = server_url(cfg, ports)
     for stem in ("controller-manager", "scheduler", "kwok"):
         kubeconfig.write(cfg.root / "kubeconfigs" / f"{stem}.kubeconfig",
                          kubeconfig.render(server, cfg.pki, stem, cfg.name))
@@ -216,12 +235,15 @@ def up(cfg: ClusterConfig) -> Ports:
     _prepare(cfg, ports)
     run = cfg.root / "run"
     for component in COMPONENTS:
+        argv = _args(cfg, component, ports, bins)
         if process.running(run, component) and healthy(cfg, component, ports):
-            say(f"{component} already running")
-            continue
+            if process.cmdline(run, component) == argv:
+                say(f"{component} already running")
+                continue
+            say(f"{component} runs with other settings: restarting it")
         process.stop(run, component)
         with step(f"starting {component}"):
-            process.start(run, cfg.logs, component, _args(cfg, component, ports, bins))
+            process.start(run, cfg.logs, component, argv)
             _wait_healthy(cfg, component, ports, timeout=90 if component == "kube-apiserver" else 60)
     return ports
 

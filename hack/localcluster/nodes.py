@@ -8,6 +8,16 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
+def gpu_labels(gpus: int, product: str) -> dict[str, str]:
+    """The labels GPU Feature Discovery would set; kwok nodes and the real node both get them."""
+    return {
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": product,
+        "nvidia.com/gpu.count": str(gpus),
+        "nvidia.com/gpu.memory": "81559",
+    }
+
+
 def fake_gpu_node(name: str, gpus: int, product: str, cpu: str = "32", memory: str = "256Gi",
                   zone: str = "zone-a", max_pods: int = 110) -> dict[str, Any]:
     """A Node that kwok keeps Ready, with `gpus` nvidia.com/gpu and the labels GPU Feature Discovery sets."""
@@ -25,10 +35,7 @@ def fake_gpu_node(name: str, gpus: int, product: str, cpu: str = "32", memory: s
                 "kubernetes.io/arch": "amd64",
                 "type": "kwok",
                 "topology.kubernetes.io/zone": zone,
-                "nvidia.com/gpu.present": "true",
-                "nvidia.com/gpu.product": product,
-                "nvidia.com/gpu.count": str(gpus),
-                "nvidia.com/gpu.memory": "81559",
+                **gpu_labels(gpus, product),
             },
         },
         "spec": {},

@@ -94,17 +94,60 @@ def _issue(pki: Path, stem: str, subject: x509.Name, ca: tuple[x509.Certificate,
     _write_key(pki / f"{stem}.key", key)
 
 
-def ensure_pki(pki: Path, apiserver_names: tuple[str, ...]) -> None:
-    """Create every certificate the cluster needs, once (an existing PKI is reused as is)."""
-    if (pki / "complete").exists():
+def _load_ca(pki: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return cert, key
+
+
+def _covers(cert_path: Path, names: tuple[str, ...]) -> bool:
+    """Whether the certificate at `cert_path` exists and names every entry of `names` as a SAN."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (FileNotFoundError, x509.ExtensionNotFound):
+        return False
+    have = {str(v) for v in sans.get_values_for_type(x509.IPAddress)} | set(sans.get_values_for_type(x509.DNSName))
+    return all(str(ipaddress.ip_address(n)) in have if _is_ip(n) else n in have for n in names)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def ensure_pki(pki: Path, apiserver_names: tuple[str, ...], extra_clients: tuple[ClientIdentity, ...] = (),
+               serving: tuple[tuple[str, str, tuple[str, ...]], ...] = ()) -> None:
+    """Create every certificate the cluster needs, once (an existing CA is reused, never re-keyed).
+
+    On a later call (e.g. `up --real-node` on an existing cluster) only what is missing is added:
+    `extra_clients`, `serving` certs given as (file stem, CN, SANs), and an apiserver cert that
+    lacks one of `apiserver_names` is re-issued by the same CA.
+    """
+    if not (pki / "complete").exists():
+        pki.mkdir(parents=True, exist_ok=True)
+        ca = _create_ca(pki)
+        _issue(pki, "apiserver", _name("kube-apiserver"), ca, server_names=apiserver_names, client=False)
+        for ident in CLIENTS:
+            _issue(pki, ident.file_stem, _name(ident.common_name, ident.organizations), ca)
+        sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        _write_key(pki / "sa.key", sa_key)
+        (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        (pki / "complete").write_text("ok\n")
+    missing_clients = [i for i in extra_clients if not (pki / f"{i.file_stem}.crt").exists()]
+    missing_serving = [s for s in serving if not _covers(pki / f"{s[0]}.crt", s[2])]
+    stale_apiserver = not _covers(pki / "apiserver.crt", apiserver_names)
+    if not (missing_clients or missing_serving or stale_apiserver):
         return
-    pki.mkdir(parents=True, exist_ok=True)
-    ca = _create_ca(pki)
-    _issue(pki, "apiserver", _name("kube-apiserver"), ca, server_names=apiserver_names, client=False)
-    for ident in CLIENTS:
+    ca = _load_ca(pki)
+    if stale_apiserver:
+        _issue(pki, "apiserver", _name("kube-apiserver"), ca, server_names=apiserver_names, client=False)
+    for ident in missing_clients:
         _issue(pki, ident.file_stem, _name(ident.common_name, ident.organizations), ca)
-    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write_key(pki / "sa.key", sa_key)
-    (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    (pki / "complete").write_text("ok\n")
+    for stem, cn, names in missing_serving:
+        _issue(pki, stem, _name(cn), ca, server_names=names, client=False)

@@ -50,6 +50,16 @@ def running(run_dir: Path, name: str) -> bool:
     return alive(read_pid(run_dir, name))
 
 
+def cmdline(run_dir: Path, name: str) -> list[str] | None:
+    """The argv the recorded process runs with (to restart it when the wanted settings changed)."""
+    pid = read_pid(run_dir, name)
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes() if pid else b""
+    except FileNotFoundError:
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else None
+
+
 def start(run_dir: Path, log_dir: Path, name: str, argv: list[str], env: dict[str, str] | None = None,
           cwd: Path | None = None) -> int:
     """Start `argv` detached in its own session, output appended to logs/<name>.log."""

@@ -76,3 +76,10 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.5, message: str
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s: {message} (last value: {last!r})")
+
+
+def start_real_node(name: str = "pytest-e2e") -> ClusterHandle:
+    """A local cluster with one real node (containerd + kubelet + kube-proxy) and no kwok nodes."""
+    cfg = ClusterConfig(name=name, fake_nodes=0, real_node=True)
+    localcluster.up(cfg)
+    return ClusterHandle(cfg.kubeconfig, cfg)
