@@ -1,0 +1,1 @@
+"""Autoscaling from the metrics Triton pods report (pure recommender; the scraper lives beside it)."""
