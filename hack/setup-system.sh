@@ -5,6 +5,7 @@ packages=(
   ca-certificates curl git make
   iptables conntrack socat ethtool iproute2 util-linux  # kubelet / kube-proxy on a real node
   containerd runc containernetworking-plugins          # the real node's container runtime
+  gcc libc6-dev                                        # the pause image (a static C binary)
   debootstrap                                          # base image without a registry
   libpython3.11                                        # Triton's python backend stub
 )

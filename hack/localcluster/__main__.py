@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import binaries, cluster, controlplane, kind, realnode
+from . import binaries, cluster, controlplane, hostnet, kind, realnode
 from .config import ClusterConfig
 
 
@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.provider == "kind":
         return kind.main(cfg, args.cmd)
     if args.cmd == "up":
-        cluster.up(cfg)
+        try:
+            cluster.up(cfg)
+        except hostnet.NetworkBusy as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     elif args.cmd == "down":
         cluster.down(cfg)
     elif args.cmd == "status":

@@ -70,7 +70,7 @@ def up(cfg: ClusterConfig) -> None:
         with step(f"{cfg.fake_nodes} kwok nodes with {cfg.gpus_per_node}x nvidia.com/gpu each"):
             ensure_fake_nodes(cfg)
     if cfg.real_node:
-        with step(f"real node {cfg.node_name} (containerd, kube-proxy, kubelet)"):
+        with step(f"real node {cfg.node_name} (containerd, kubelet, kube-proxy)"):
             realnode.up(cfg, controlplane.server_url(cfg, ports))
     took = time.monotonic() - began
     kind = f"{'cold' if cold else 'warm'}{' real-node' if cfg.real_node else ''}"

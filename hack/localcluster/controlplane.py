@@ -212,36 +212,48 @@ def _args(cfg: ClusterConfig, component: str, ports: Ports, bins: dict[str, Path
     raise ValueError(component)
 
 
-def _prepare(cfg: ClusterConfig, ports: Ports) -> None:
+_KUBECONFIG_OF = {"kube-controller-manager": "controller-manager", "kube-scheduler": "scheduler", "kwok": "kwok"}
+
+
+def _prepare(cfg: ClusterConfig, ports: Ports) -> set[str]:
+    """Certificates, kubeconfigs, audit policy; return the components whose inputs changed
+    (e.g. `up --real-node` on an existing cluster moves the API server to the bridge address)."""
     names: tuple[str, ...] = ("127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default",
                               "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+    cert = cfg.pki / "apiserver.crt"
+    cert_before = cert.read_bytes() if cert.exists() else b""
     if cfg.real_node:
         names = (*names, hostnet.GATEWAY)
         pki.ensure_pki(cfg.pki, names, realnode.client_identities(cfg), realnode.serving_certs(cfg))
     else:
         pki.ensure_pki(cfg.pki, names)
+    changed = {"kube-apiserver"} if cert_before and cert.read_bytes() != cert_before else set()
     (cfg.root / "audit-policy.yaml").write_text(AUDIT_POLICY)
     server = server_url(cfg, ports)
-    for stem in ("controller-manager", "scheduler", "kwok"):
-        kubeconfig.write(cfg.root / "kubeconfigs" / f"{stem}.kubeconfig",
-                         kubeconfig.render(server, cfg.pki, stem, cfg.name))
+    for component, stem in _KUBECONFIG_OF.items():
+        path = cfg.root / "kubeconfigs" / f"{stem}.kubeconfig"
+        text = kubeconfig.render(server, cfg.pki, stem, cfg.name)
+        if path.exists() and path.read_text() != text:
+            changed.add(component)
+        kubeconfig.write(path, text)
     kubeconfig.write(cfg.kubeconfig, kubeconfig.render(server, cfg.pki, "admin", cfg.name))
+    return changed
 
 
 def up(cfg: ClusterConfig) -> Ports:
-    """Start whatever is not running and healthy; leave healthy components alone."""
+    """Start whatever is not running and healthy, or runs with other settings; leave the rest alone."""
     bins = binaries.ensure(*binaries.CONTROL_PLANE)
     ports = ensure_ports(cfg)
-    _prepare(cfg, ports)
+    changed = _prepare(cfg, ports)
     run = cfg.root / "run"
     for component in COMPONENTS:
         argv = _args(cfg, component, ports, bins)
         if process.running(run, component) and healthy(cfg, component, ports):
-            if process.cmdline(run, component) == argv:
+            if process.cmdline(run, component) == argv and component not in changed:
                 say(f"{component} already running")
                 continue
             say(f"{component} runs with other settings: restarting it")
-        process.stop(run, component)
+        process.stop(run, component, timeout=2.0 if component == "kube-apiserver" else 10.0)
         with step(f"starting {component}"):
             process.start(run, cfg.logs, component, argv)
             _wait_healthy(cfg, component, ports, timeout=90 if component == "kube-apiserver" else 60)
@@ -254,7 +266,9 @@ def down(cfg: ClusterConfig) -> None:
     # Anything else started beside the cluster (the demo's operator, a MinIO) goes first.
     extras = sorted(p.stem for p in run.glob("*.pid") if p.stem not in COMPONENTS) if run.exists() else []
     for name in [*extras, *reversed(COMPONENTS)]:
-        process.stop(run, name)
+        # The API server's graceful termination stalls ~10 s after AfterShutdownDelayDuration; it
+        # keeps no state of its own (etcd does), so it gets 2 s before SIGKILL.
+        process.stop(run, name, timeout=2.0 if name == "kube-apiserver" else 10.0)
 
 
 def status(cfg: ClusterConfig) -> dict[str, str]:

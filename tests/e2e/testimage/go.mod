@@ -1,0 +1,3 @@
+module modeldeploy.local/e2e-testimage
+
+go 1.22
