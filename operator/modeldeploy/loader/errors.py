@@ -1,0 +1,39 @@
+"""Failures the loader reports: each carries the one-line reason a user reads in the pod's status."""
+
+from __future__ import annotations
+
+
+class LoaderError(Exception):
+    """A load failure with a reason fit for the termination message (one line, no secrets)."""
+
+    exit_code = 1
+
+
+class ConfigError(LoaderError):
+    """The loader's inputs are invalid: retrying can never help."""
+
+    exit_code = 2
+
+
+class FetchError(LoaderError):
+    """The source could not be fetched and retrying will not help (403, 404, bad URI)."""
+
+
+class TransientFetchError(FetchError):
+    """A fetch failure worth retrying (5xx, connection reset, timeout)."""
+
+
+class IntegrityError(LoaderError):
+    """The fetched bytes are not the ones the spec names (sha256 mismatch)."""
+
+
+class FormatError(LoaderError):
+    """The fetched file is not a model of the declared format."""
+
+
+class ConversionError(LoaderError):
+    """Conversion to ONNX failed or the converted model disagrees with the original."""
+
+
+class QuantizationRejected(LoaderError):
+    """The int8 model is less accurate or slower than allowed, so it is not served."""

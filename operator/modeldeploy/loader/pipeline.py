@@ -1,0 +1,117 @@
+"""One loader run: fetch -> verify -> (convert) -> (quantize) -> config -> atomic commit."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..resources.triton_config import Backend, ModelConfig, instance_groups, render_config
+from . import checkdata, checksum, onnx_meta, python_model, uri
+from .errors import FormatError
+from .fetch import FetchOptions, fetch
+from .quantize import QuantizationReport, quantize_gated
+from .repository import Staging, runner_source
+from .settings import InputShape, LoaderSettings
+
+CONFIG_FILE = "config.pbtxt"
+ONNX_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What was written, for the log and for tests."""
+
+    model_dir: Path
+    quantization: QuantizationReport | None = None
+
+
+@contextmanager
+def _temp_files_in(directory: Path) -> Iterator[None]:
+    """Libraries' temporary files (onnxruntime's calibration) go next to the model, not to the small /tmp."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(directory)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+
+
+def _shapes_from_npz(path: Path) -> tuple[InputShape, ...]:
+    """A TorchScript model's input shape taken from the validation data's `x`."""
+    with np.load(path, allow_pickle=False) as npz:
+        if "x" not in npz.files:
+            return ()
+        x = npz["x"]
+    return (InputShape(name="x", dtype=str(x.dtype), shape=tuple(x.shape[1:])),)
+
+
+def _config(s: LoaderSettings, sig: onnx_meta.OnnxSignature | None, quantized: bool) -> ModelConfig:
+    inputs, outputs = onnx_meta.to_triton(sig, s.max_batch_size) if sig else ((), ())
+    params = [("modeldeploy.version", s.model_version)] if s.model_version else []
+    if quantized:
+        params.append(("modeldeploy.quantization", "int8"))
+    return ModelConfig(
+        name=s.model_name,
+        backend=s.backend,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=s.max_batch_size,
+        dynamic_batching=s.dynamic_batching,
+        instance_groups=instance_groups(s.gpus, s.instances_per_gpu, s.backend),
+        warmup=s.warmup,
+        parameters=tuple(sorted(params)),
+    )
+
+
+def _onnx_model(s: LoaderSettings, src: Path, validation: Path | None, stage: Staging) -> Path:
+    if src.is_dir():
+        raise FormatError(f"format {s.format} needs a single file, but the source is a directory")
+    if s.format == "onnx":
+        return src
+    from .convert import convert  # torch is imported only for formats that need it
+
+    shapes = s.input_shapes or (_shapes_from_npz(validation) if validation and s.format == "torchscript" else ())
+    return convert(src, s.format, stage.work / "converted.onnx", s.max_batch_size, shapes)
+
+
+def _write_onnx(s: LoaderSettings, src: Path, validation: Path | None, stage: Staging) -> QuantizationReport | None:
+    model = _onnx_model(s, src, validation, stage)
+    sig = onnx_meta.read_signature(model)
+    config = _config(s, sig, quantized=s.quantize == "int8")  # checks batching against the graph early
+    report = None
+    if s.quantize == "int8":
+        data = checkdata.load_npz(validation, sig) if validation else checkdata.generate(sig)
+        int8 = stage.work / "model.int8.onnx"
+        with _temp_files_in(stage.work):
+            report = quantize_gated(model, int8, sig, data, s.min_agreement)
+        model = int8
+    shutil.copyfile(model, stage.version_dir / ONNX_FILE)
+    if s.backend is Backend.PYTHON_ONNX:
+        (stage.version_dir / "model.py").write_text(runner_source(s.runner_sys_path), encoding="utf-8")
+    (stage.model_dir / CONFIG_FILE).write_text(render_config(config), encoding="utf-8")
+    return report
+
+
+def run(s: LoaderSettings, env: Mapping[str, str]) -> Result:
+    """Write `<repository>/<model_name>` or raise a LoaderError, leaving the repository as it was."""
+    source = uri.parse(s.source_uri)
+    validation_uri = uri.parse(s.validation_uri) if s.validation_uri else None
+    opts = FetchOptions(env=env, attempts=s.fetch_attempts, timeout_s=s.fetch_timeout_s, source_mount=s.source_mount)
+    with Staging(s.repository, s.model_name) as stage:
+        src = fetch(source, stage.work / "source", opts)
+        checksum.verify(src, s.sha256)
+        validation = fetch(validation_uri, stage.work / "validation", opts) if validation_uri else None
+        report = None
+        if s.format == "python":
+            user_config = python_model.install(src, stage.model_dir, stage.work, s.model_name, s.runner_sys_path)
+            text = user_config if user_config is not None else render_config(_config(s, None, quantized=False))
+            (stage.model_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+        else:
+            report = _write_onnx(s, src, validation, stage)
+        return Result(model_dir=stage.commit(), quantization=report)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Smoke-test a built serving-image rootfs without a container engine: in a private mount namespace,
+# chroot into it as UID 1000, let the model-loader write a repository for a small ONNX model, start
+# the image's entrypoint (hardened tritonserver), and check readiness, one inference and that the
+# model-repository API is refused without the per-start admin header.
+#   serving-image/smoke.sh ROOTFS
+set -euo pipefail
+rootfs=$(cd "$1" && pwd)
+port=$((20000 + RANDOM % 20000))
+rm -rf "$rootfs/models/"* "$rootfs/tmp/"*
+cat > "$rootfs/tmp/make_model.py" <<'PY'
+from onnx import TensorProto, helper, numpy_helper, save
+import numpy as np
+w = numpy_helper.from_array(np.eye(4, 3, dtype=np.float32), "w")
+g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])], [w])
+save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), "/tmp/m.onnx")
+PY
+exec unshare -m --propagation private bash -euo pipefail -c '
+rootfs=$1; port=$2
+mount -t proc proc "$rootfs/proc"
+mount --bind /dev "$rootfs/dev"
+mount -t tmpfs -o mode=1777,size=256m shm "$rootfs/dev/shm"   # as the pod'"'"'s Memory emptyDir
+run() { chroot --userspec=1000:1000 "$rootfs" /usr/bin/env -i HOME=/tmp TMPDIR=/tmp \
+  PATH=/opt/tritonserver/bin:/usr/local/bin:/usr/bin:/bin LD_LIBRARY_PATH=/opt/tritonserver/lib "$@"; }
+run python /tmp/make_model.py
+MD_ENV="MD_SOURCE_URI=file:///tmp/m.onnx MD_MODEL_NAME=smoke MD_MAX_BATCH_SIZE=8 MD_BACKEND=python-onnx MD_REPOSITORY=/models MD_TERMINATION_LOG=/tmp/term"
+run env $MD_ENV python -m modeldeploy.loader
+run /usr/local/bin/triton-serve --http-port=$port --grpc-port=$((port+1)) --metrics-port=$((port+2)) >"$rootfs/tmp/triton.log" 2>&1 &
+pid=$!
+trap "kill $pid 2>/dev/null; wait $pid 2>/dev/null || true" EXIT
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null && break
+  kill -0 $pid 2>/dev/null || { tail -30 "$rootfs/tmp/triton.log"; exit 1; }
+  sleep 0.5
+done
+curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null || { tail -30 "$rootfs/tmp/triton.log"; exit 1; }
+out=$(curl -sf -X POST "http://127.0.0.1:$port/v2/models/smoke/infer" \
+  -d "{\"inputs\":[{\"name\":\"x\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[1,2,3,4]}]}")
+echo "$out" | grep -q "\"data\":\[1.0,2.0,3.0\]" || { echo "unexpected inference answer: $out"; exit 1; }
+code=$(curl -s -o /dev/null -w "%{http_code}" -X POST "http://127.0.0.1:$port/v2/repository/index")
+[ "$code" != 200 ] || { echo "model-repository API answered without the admin header"; exit 1; }
+echo "smoke test passed: loader + tritonserver as uid 1000, inference answered, repository API refused ($code)"
+' smoke "$rootfs" "$port"
