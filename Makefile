@@ -23,11 +23,13 @@ system:
 	@$(STEP) "system packages (apt, only the missing ones)" hack/setup-system.sh
 
 python:
-	@$(STEP) "python environment (.venv)" hack/setup-python.sh
+	@$(STEP) "python environment (.venv, with torch for model conversion tests)" env MD_EXTRAS=dev,test hack/setup-python.sh
 
 binaries: python
 	@$(STEP) "Kubernetes, etcd, kwok and helm binaries (built once from the Go module proxy, cached)" \
 		$(PY) -m localcluster build
+	@$(STEP) "MinIO, the S3-compatible store (built once from the Go module proxy, cached)" hack/triton/build-minio.sh
+	@$(STEP) "Triton Inference Server (from the nvidia-pytriton wheel, cached)" hack/triton/fetch.sh
 
 lint: python
 	@$(STEP) "ruff" .venv/bin/ruff check operator hack tests benchmarks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from modeldeploy.api import AutoscalingSpec
@@ -56,7 +57,7 @@ def test_scale_down_waits_for_the_delay_then_halves() -> None:
     assert downs, changes
     assert downs[0][0] >= 60 + 300 - TICK  # not before the delay
     sizes = [10] + [c[1] for c in downs]
-    assert all(b >= math.floor(a / 2) for a, b in zip(sizes, sizes[1:], strict=False))  # at most halve per step
+    assert all(b >= math.floor(a / 2) for a, b in itertools.pairwise(sizes))  # at most halve per step
     assert downs[-1][1] == 1
 
 

@@ -261,7 +261,8 @@ def test_triton_container_command_ports_and_volumes() -> None:
     assert [x["name"] for x in pod["initContainers"]] == [c.CONTAINER_LOADER]
     assert [x["name"] for x in pod["containers"]] == [c.CONTAINER_SERVING]
     triton = _container(d, c.CONTAINER_SERVING)
-    assert triton["command"] == ["tritonserver"]
+    assert triton["command"][:2] == ["/bin/sh", "-c"] and "exec tritonserver" in triton["command"][2]
+    assert "--http-restricted-api=" in triton["command"][2] and "--grpc-restricted-protocol=" in triton["command"][2]
     for flag in ("--model-repository=/models", "--model-control-mode=none", "--strict-readiness=true",
                  "--allow-sagemaker=false", "--allow-vertex-ai=false", "--exit-on-error=true"):
         assert flag in triton["args"]

@@ -171,6 +171,18 @@ def triton_args() -> list[str]:
     ]
 
 
+# The model-repository and logging APIs (load/unload models, change logging) require a header
+# whose value is random per container start and never leaves the container: nobody can change
+# what a pod serves. The shell only makes the key, then execs tritonserver with the args.
+TRITON_COMMAND: Final = (
+    "/bin/sh", "-c",
+    'key=$(cat /proc/sys/kernel/random/uuid); exec tritonserver "$@" '
+    '--http-restricted-api="model-repository,logging:x-modeldeploy-admin=$key" '
+    '--grpc-restricted-protocol="model-repository,logging:x-modeldeploy-admin=$key"',
+    "tritonserver",
+)
+
+
 def _loader_container(spec: ModelDeploymentSpec, images: Images, image: str) -> dict[str, Any]:
     mounts: list[dict[str, Any]] = [
         {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH},
@@ -200,7 +212,7 @@ def _triton_container(spec: ModelDeploymentSpec, images: Images, image: str) -> 
         "name": c.CONTAINER_SERVING,
         "image": image,
         "imagePullPolicy": images.pull_policy,
-        "command": ["tritonserver"],
+        "command": list(TRITON_COMMAND),
         "args": triton_args(),
         "ports": [
             {"name": c.PORT_NAME_HTTP, "containerPort": c.PORT_HTTP, "protocol": "TCP"},
