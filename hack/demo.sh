@@ -1,49 +1,57 @@
 #!/usr/bin/env bash
-# The README's first command (`make demo`): a local cluster with GPU nodes, the ModelDeployment
-# CRD, the operator running against it, and an example model deployed.
+# The README's first command (`make demo`): a local cluster with a real node (containerd, kubelet,
+# fake GPUs), the operator installed with its Helm chart and running as a pod, MinIO holding a
+# digits model trained here, and that model served by Triton and answering through its Service.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLUSTER="${CLUSTER:-modeldeploy}"
 PY=.venv/bin/python
 STEP=hack/step
+LC=($PY -m localcluster --name "$CLUSTER")
 KUBECTL="$($PY -c 'from localcluster import binaries; print(binaries.path_of("kubectl"))')"
+HELM="$($PY -c 'from localcluster import binaries; print(binaries.path_of("helm"))')"
 
-$STEP "local cluster '$CLUSTER' (etcd, kube-apiserver, controller-manager, scheduler, kwok GPU nodes)" \
-  $PY -m localcluster --name "$CLUSTER" up
-KUBECONFIG="$($PY -m localcluster --name "$CLUSTER" kubeconfig)"
+$STEP "serving image (Triton CPU build, built without Docker; cached)" serving-image/build.sh
+$STEP "operator image (built without Docker; cached)" hack/images/operator-image.sh
+$STEP "local cluster '$CLUSTER' with a real node (etcd, apiserver, controllers, containerd, kubelet, kube-proxy)" \
+  "${LC[@]}" up --real-node --nodes 0
+KUBECONFIG="$("${LC[@]}" kubeconfig)"
 export KUBECONFIG
 k() { "$KUBECTL" "$@"; }
-
-$STEP "install the ModelDeployment CRD" k apply --server-side --force-conflicts -f crds/
-k wait --for=condition=Established crd/modeldeployments.modeldeploy.io --timeout=60s >/dev/null
-
-run_dir="/var/tmp/modeldeploy-clusters/$CLUSTER/run"
-mkdir -p "$run_dir"
-if [[ -f "$run_dir/operator.pid" ]] && kill -0 "$(cat "$run_dir/operator.pid")" 2>/dev/null; then
-  echo "operator already running (pid $(cat "$run_dir/operator.pid"))"
-else
-  $STEP "start the operator (python -m modeldeploy run; log: $run_dir/operator.log)" bash -c "
-    setsid $PY -m modeldeploy run --metrics-port 18080 --log-format text >'$run_dir/operator.log' 2>&1 < /dev/null &
-    echo \$! > '$run_dir/operator.pid'"
-fi
-
-echo
-echo "Nodes and their GPUs:"
-k get nodes -o custom-columns='NAME:.metadata.name,GPUS:.status.capacity.nvidia\.com/gpu,PRODUCT:.metadata.labels.nvidia\.com/gpu\.product,READY:.status.conditions[?(@.type=="Ready")].status'
-
-$STEP "deploy examples/digits.yaml (pods are simulated by kwok on the fake GPU nodes)" bash -c "
-  '$KUBECTL' create namespace ml --dry-run=client -o yaml | '$KUBECTL' apply -f - >/dev/null
-  '$KUBECTL' apply -n ml -f examples/digits.yaml"
-$STEP "wait for the ModelDeployment to be Ready" k wait -n ml --for=condition=Ready md/digits --timeout=120s
+$STEP "load images into the node's containerd" bash -c "
+  ${LC[*]} load-image out/modeldeploy-triton-cpu.tar && ${LC[*]} load-image out/modeldeploy-operator.tar"
+$STEP "train the digits model, export to ONNX, upload to the cluster's S3 (MinIO)" \
+  $PY hack/demo_digits.py publish --cluster "$CLUSTER"
+$STEP "helm install the operator (chart charts/modeldeploy, the operator runs as a pod)" \
+  "$HELM" upgrade --install modeldeploy charts/modeldeploy --namespace modeldeploy-system --create-namespace \
+    --set image.repository=localhost/modeldeploy-operator --set image.tag=dev \
+    --set servingImage=localhost/modeldeploy-triton-cpu:dev --set resyncSeconds=10 --wait --timeout 180s
+k create namespace ml --dry-run=client -o yaml | k apply -f - >/dev/null
+k label namespace ml --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
+$PY - <<PYEOF | k apply -n ml -f - >/dev/null
+import json, sys
+sys.path.insert(0, "hack")
+from localcluster import objectstore
+from localcluster.config import ClusterConfig
+store = objectstore.up(ClusterConfig(name="$CLUSTER"))
+print(json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"},
+                  "stringData": store.secret_data()}))
+PYEOF
+$STEP "deploy examples/digits-local.yaml" k apply -n ml -f examples/digits-local.yaml
+$STEP "wait until the model is served (loader fetches from S3, Triton loads and warms up)" \
+  k wait -n ml --for=condition=Ready md/digits --timeout=300s
+ip="$(k get svc digits -n ml -o jsonpath='{.spec.clusterIP}')"
+$STEP "inference through the Service (ClusterIP $ip, kube-proxy)" $PY hack/demo_digits.py infer "http://$ip:8000"
 echo
 k get md -n ml
 echo
-k get deploy,svc,pdb -n ml -l modeldeploy.io/name=digits
+k get deploy,pods,svc -n ml -o wide
 cat <<MSG
 
 The cluster keeps running. Next:
   export KUBECONFIG=$KUBECONFIG
-  $KUBECTL get md -A            # your ModelDeployments
+  $KUBECTL get md -A                                      # your ModelDeployments
   $KUBECTL explain modeldeployment.spec
-  make cluster-down             # stop everything
+  $KUBECTL -n ml patch md digits --type=merge -p '{"spec":{"model":{"version":"2"}}}'   # a new revision
+  make cluster-down                                       # stop everything
 MSG

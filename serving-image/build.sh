@@ -61,13 +61,7 @@ if docker info >/dev/null 2>&1; then
 fi
 
 # 4. No engine: a minbase bookworm rootfs (cached), then the same steps as Dockerfile.cpu.
-base=$cache/bookworm-minbase.tar
-if [ ! -f "$base" ]; then
-  log "debootstrap bookworm (once)"
-  tmp=$cache/base.tmp; rm -rf "$tmp"
-  debootstrap --variant=minbase --include=python3,libpython3.11,ca-certificates bookworm "$tmp" "$mirror" >&2
-  tar --numeric-owner -C "$tmp" -cf "$base.part" . && mv "$base.part" "$base" && rm -rf "$tmp"
-fi
+base=$("$root/hack/images/debian-base.sh")
 rootfs=$cache/rootfs
 rm -rf "$rootfs" && mkdir -p "$rootfs"
 tar --numeric-owner -C "$rootfs" -xf "$base"
@@ -105,4 +99,4 @@ cat > "$cache/config.json" <<JSON
 }
 JSON
 log "packing $out"
-"$py" "$here/oci.py" "$rootfs" "$out" --name "$name" --config "$cache/config.json"
+PYTHONPATH="$root/hack" "$py" -m localcluster.oci "$rootfs" "$out" --name "$name" --config "$cache/config.json"

@@ -311,3 +311,41 @@ def image_name(archive: Path) -> str | None:
                 if tags:
                     return str(tags[0])
     return None
+
+
+def config_from_docker_json(doc: Mapping[str, object]) -> ImageConfig:
+    """An ImageConfig from a Docker-style config (User, Env, Entrypoint, Cmd, WorkingDir, ...)."""
+    def strings(key: str) -> tuple[str, ...]:
+        value = doc.get(key) or ()
+        assert isinstance(value, list | tuple), key
+        return tuple(str(v) for v in value)
+
+    ports = doc.get("ExposedPorts") or {}
+    labels = doc.get("Labels") or {}
+    assert isinstance(ports, Mapping) and isinstance(labels, Mapping)
+    return ImageConfig(entrypoint=strings("Entrypoint"), cmd=strings("Cmd"), env=strings("Env") or (DEFAULT_PATH,),
+                       user=str(doc.get("User", "")), workdir=str(doc.get("WorkingDir", "")),
+                       exposed_ports=tuple(sorted(str(p) for p in ports)),
+                       labels={str(k): str(v) for k, v in labels.items()},
+                       stop_signal=str(doc.get("StopSignal", "")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m localcluster.oci ROOTFS OUT.tar --name NAME [--config config.json] [--no-compress]"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m localcluster.oci", description=main.__doc__)
+    parser.add_argument("rootfs", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--config", type=Path, help="Docker-style image config JSON")
+    parser.add_argument("--no-compress", action="store_true")
+    args = parser.parse_args(argv)
+    config = config_from_docker_json(json.loads(args.config.read_text())) if args.config else ImageConfig()
+    digest = build_image(args.name, [args.rootfs], config, args.out, compress=not args.no_compress)
+    print(f"{args.name} {args.out} {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Build the operator image without a container engine: the cached Debian base, the operator and
+# its dependencies installed from wheels downloaded on the host, run as uid 1000.
+#   hack/images/operator-image.sh      # prints "NAME ARCHIVE DIGEST"
+#   IMAGE_NAME (default localhost/modeldeploy-operator:dev), OUT (default out/modeldeploy-operator.tar)
+# On a machine with Docker, operator/Dockerfile builds the same image.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+name=${IMAGE_NAME:-localhost/modeldeploy-operator:dev}
+out=${OUT:-$root/out/modeldeploy-operator.tar}
+cache=${MD_CACHE_DIR:-$HOME/.cache/modeldeploy}/images/operator
+py=$root/.venv/bin/python
+log() { printf '[operator-image] %s\n' "$*" >&2; }
+base=$("$root/hack/images/debian-base.sh")
+mkdir -p "$cache/wheels" "$(dirname "$out")"
+log "wheels (downloaded on the host; cached)"
+"$py" -m pip wheel -q --no-deps --no-build-isolation -w "$cache/self" "$root" >/dev/null
+"$py" -m pip download -q --only-binary=:all: --python-version 3.11 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  --platform any -d "$cache/wheels" "$(ls "$cache"/self/modeldeploy-*.whl | tail -1)"
+rootfs=$cache/rootfs
+rm -rf "$rootfs" && mkdir -p "$rootfs"
+tar --numeric-owner -C "$rootfs" -xf "$base"
+site=$rootfs/usr/local/lib/python3.11/dist-packages
+"$py" -m pip install -q --no-index --find-links "$cache/wheels" --only-binary=:all: --python-version 3.11 \
+  --implementation cp --target "$site" "$(ls "$cache"/self/modeldeploy-*.whl | tail -1)"
+rm -rf "$site/bin"
+grep -q '^modeldeploy:' "$rootfs/etc/group" || echo 'modeldeploy:x:1000:' >> "$rootfs/etc/group"
+grep -q '^modeldeploy:' "$rootfs/etc/passwd" || echo 'modeldeploy:x:1000:1000::/tmp:/usr/sbin/nologin' >> "$rootfs/etc/passwd"
+chmod 1777 "$rootfs/tmp"
+cat > "$cache/config.json" <<JSON
+{"User": "1000:1000", "WorkingDir": "/tmp",
+ "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE=1",
+         "PYTHONUNBUFFERED=1"],
+ "Entrypoint": ["/usr/bin/python3", "-m", "modeldeploy"], "Cmd": ["run"],
+ "Labels": {"org.opencontainers.image.title": "modeldeploy-operator"}}
+JSON
+log "packing $out"
+PYTHONPATH="$root/hack" "$py" -m localcluster.oci "$rootfs" "$out" --name "$name" --config "$cache/config.json"
