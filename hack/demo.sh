@@ -11,8 +11,8 @@ LC=($PY -m localcluster --name "$CLUSTER")
 KUBECTL="$($PY -c 'from localcluster import binaries; print(binaries.path_of("kubectl"))')"
 HELM="$($PY -c 'from localcluster import binaries; print(binaries.path_of("helm"))')"
 
-$STEP "serving image (Triton CPU build, built without Docker; cached)" serving-image/build.sh
-$STEP "operator image (built without Docker; cached)" hack/images/operator-image.sh
+$STEP "serving image and operator image (built without Docker; rebuilt only when their inputs change)" \
+  hack/images/ensure.sh
 $STEP "local cluster '$CLUSTER' with a real node (etcd, apiserver, controllers, containerd, kubelet, kube-proxy)" \
   "${LC[@]}" up --real-node --nodes 0
 KUBECONFIG="$("${LC[@]}" kubeconfig)"
@@ -37,9 +37,9 @@ store = objectstore.up(ClusterConfig(name="$CLUSTER"))
 print(json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"},
                   "stringData": store.secret_data()}))
 PYEOF
-$STEP "deploy examples/digits-local.yaml" k apply -n ml -f examples/digits-local.yaml
+$STEP "deploy examples/digits-local.yaml" "$KUBECTL" apply -n ml -f examples/digits-local.yaml
 $STEP "wait until the model is served (loader fetches from S3, Triton loads and warms up)" \
-  k wait -n ml --for=condition=Ready md/digits --timeout=300s
+  "$KUBECTL" wait -n ml --for=condition=Ready md/digits --timeout=300s
 ip="$(k get svc digits -n ml -o jsonpath='{.spec.clusterIP}')"
 $STEP "inference through the Service (ClusterIP $ip, kube-proxy)" $PY hack/demo_digits.py infer "http://$ip:8000"
 echo

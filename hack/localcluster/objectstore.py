@@ -22,7 +22,7 @@ from pathlib import Path
 
 from modeldeploy.loader import sigv4
 
-from . import hostnet, process
+from . import cluster, hostnet, process
 from .config import REPO_ROOT, ClusterConfig
 from .progress import step
 
@@ -88,6 +88,7 @@ def _ready(endpoint: str) -> bool:
 
 def up(cfg: ClusterConfig) -> Store:
     """Start MinIO if it is not running; idempotent."""
+    cfg = cluster.effective(cfg)
     path = _state(cfg)
     if path.exists():
         store = Store(**json.loads(path.read_text()))
