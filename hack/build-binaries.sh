@@ -90,13 +90,16 @@ GO
   (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd-$ETCD_VERSION" .)
 }
 
-build_kwok() {
-  if have "$KWOK_VERSION" kwok; then log "kwok $KWOK_VERSION cached"; return; fi
-  log "building kwok $KWOK_VERSION"
+go_install_cached() {  # NAME VERSION PACKAGE: `go install PACKAGE@VERSION`, kept as $BIN/NAME-VERSION
+  local name=$1 version=$2 package=$3
+  if have "$version" "$name"; then log "$name $version cached"; return; fi
+  log "building $name $version"
   local tmp; tmp="$(mktemp -d)"
-  GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  mv "$tmp/kwok" "$BIN/kwok-$KWOK_VERSION"; rm -rf "$tmp"
+  GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "$package@$version"
+  mv "$tmp/$name" "$BIN/$name-$version"; rm -rf "$tmp"
 }
+
+build_kwok() { go_install_cached kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok; }
 
 # kwok v0.8 only simulates what its Stage configs say: keep the upstream "fast" node and pod
 # stages plus the lease heartbeat next to the binary, so the module cache may be cleaned.
@@ -117,13 +120,7 @@ stage_kwok() {
   mv "$dest/stages.yaml.tmp" "$dest/stages.yaml"
 }
 
-build_helm() {
-  if have "$HELM_VERSION" helm; then log "helm $HELM_VERSION cached"; return; fi
-  log "building helm $HELM_VERSION"
-  local tmp; tmp="$(mktemp -d)"
-  GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  mv "$tmp/helm" "$BIN/helm-$HELM_VERSION"; rm -rf "$tmp"
-}
+build_helm() { go_install_cached helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm; }
 
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(all)
