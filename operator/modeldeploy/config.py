@@ -21,6 +21,7 @@ class Settings:
     converter_image: str = "localhost/modeldeploy-converter:dev"
     serving_backend: str = "python-onnx"  # python-onnx (CPU image) | onnxruntime (NVIDIA image)
     resync_seconds: float = 10.0  # drift-healing / status timer
+    autoscale_seconds: float = 2.0  # how often serving pods are scraped for autoscaling
     metrics_port: int = 8080  # /metrics and /healthz
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
@@ -47,6 +48,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         converter_image=e.get("MD_CONVERTER_IMAGE", d.converter_image),
         serving_backend=e.get("MD_SERVING_BACKEND", d.serving_backend),
         resync_seconds=float(e.get("MD_RESYNC_SECONDS", d.resync_seconds)),
+        autoscale_seconds=float(e.get("MD_AUTOSCALE_SECONDS", d.autoscale_seconds)),
         metrics_port=int(e.get("MD_METRICS_PORT", d.metrics_port)),
         log_format=e.get("MD_LOG_FORMAT", d.log_format),
         log_level=e.get("MD_LOG_LEVEL", d.log_level),

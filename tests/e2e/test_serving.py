@@ -4,26 +4,18 @@ model fetched from MinIO, and inference goes through the Service (kube-proxy) on
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from localcluster import cluster as lc
-from localcluster import objectstore
-from tests.support import operator as op
+from tests.e2e.conftest import NS
 from tests.support.cluster import ClusterHandle, wait_for
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-NS = "serving-e2e"
 MD = "modeldeployment"
 
 
@@ -37,31 +29,6 @@ def _spec(version: str, uri: str, replicas: int = 1) -> dict[str, Any]:
                                                           "limits": {"memory": "2Gi"}}},
                      "replicas": replicas,
                      "rollout": {"maxSurgeGpus": 1}}}
-
-
-@pytest.fixture(scope="module")
-def stack(real_cluster: ClusterHandle) -> Iterator[dict[str, Any]]:
-    """Images loaded, MinIO with two model versions, the chart installed, a restricted namespace."""
-    cfg = real_cluster.local
-    assert cfg is not None, "the e2e tier runs on the local cluster's real node"
-    archives = subprocess.run([str(ROOT / "hack" / "images" / "ensure.sh")], check=True, capture_output=True,
-                              text=True).stdout.split()
-    for archive in archives:
-        lc.load_image(lc.effective(cfg), ROOT / archive)
-    store = objectstore.up(cfg)
-    for version in ("1", "2"):
-        subprocess.run([sys.executable, str(ROOT / "hack" / "demo_digits.py"), "publish", "--cluster", cfg.name,
-                        "--version", version], check=True, capture_output=True)
-    op.install_chart(real_cluster, "image.repository=localhost/modeldeploy-operator", "image.tag=dev",
-                     "servingImage=localhost/modeldeploy-triton-cpu:dev", "resyncSeconds=5")
-    real_cluster.kubectl("rollout", "status", "deployment/modeldeploy", "-n", op.SYSTEM_NAMESPACE, "--timeout=120s")
-    real_cluster.kubectl("create", "namespace", NS)
-    real_cluster.kubectl("label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted")
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"},
-              "stringData": store.secret_data()}
-    real_cluster.kubectl("apply", "-n", NS, "-f", "-", input_text=json.dumps(secret))
-    yield {"store": store}
-    real_cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
 
 
 def _md(tc: ClusterHandle) -> dict[str, Any]:

@@ -1,0 +1,141 @@
+"""The autoscaling loop: every tick, scrape each ready serving pod, ask the pure recommender,
+and record a changed decision in status.autoscaling (the reconciler then scales).
+
+State that must survive a restart (panic mode, when the need first dropped, the last scale) is
+in status; the per-pod counters and the sample windows are rebuilt from the next scrapes, and
+with an empty window the recommender holds, so a restart never scales anything down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from . import api, constants
+from .autoscale.rates import pod_value
+from .autoscale.recommender import Memory, Recommendation, Sample, recommend
+from .config import Settings
+from .kube import events
+from .kube.client import Kube, NotFound
+from .metrics.parse import TritonMetrics
+from .metrics.scrape import scrape
+from .planning.observe import pod_ready, pod_unschedulable
+
+log = logging.getLogger(__name__)
+
+
+def _rfc(t: float | None) -> str | None:
+    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(s: str | None) -> float | None:
+    if not s:
+        return None
+    return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def memory_from_status(st: Mapping[str, Any]) -> Memory:
+    return Memory(_epoch(st.get("panicUntil")), _epoch(st.get("belowSince")), _epoch(st.get("lastScaleTime")))
+
+
+def status_of(rec: Recommendation, spec: api.AutoscalingSpec) -> dict[str, Any]:
+    value = rec.metric_value
+    if value is None:
+        shown = None
+    elif spec.metric == "queueTime":
+        shown = f"{value * 1000:.0f}ms"
+    elif spec.metric == "gpuUtilization":
+        shown = f"{value:.0f}%"
+    else:
+        shown = f"{value:.2f}"
+    return {"desiredReplicas": rec.desired, "metricValue": shown, "mode": rec.mode, "reason": rec.reason,
+            "panicUntil": _rfc(rec.memory.panic_until), "belowSince": _rfc(rec.memory.below_since),
+            "lastScaleTime": _rfc(rec.memory.last_scale_at), "limitedByCapacity": rec.limited_by_capacity}
+
+
+class Autoscaler:
+    """One instance per operator; `tick()` is called every few seconds from its own thread."""
+
+    def __init__(self, kube: Kube, settings: Settings) -> None:
+        self.kube = kube
+        self.settings = settings
+        self._last: dict[tuple[str, str, str], tuple[float, TritonMetrics]] = {}  # (ns, md, pod) -> scrape
+        self._samples: dict[tuple[str, str], list[Sample]] = {}
+
+    def tick(self) -> None:
+        namespaces: list[str | None] = list(self.settings.namespaces) or [None]
+        seen: set[tuple[str, str]] = set()
+        for ns in namespaces:
+            for md in self.kube.list(constants.KIND, ns):
+                if not (md.get("spec", {}).get("autoscaling") or {}).get("enabled"):
+                    continue
+                key = (md["metadata"]["namespace"], md["metadata"]["name"])
+                seen.add(key)
+                try:
+                    self._one(md)
+                except Exception as e:  # one object never stops the loop; the next tick retries
+                    log.warning("autoscaling %s/%s failed: %s", *key, e)
+        for key in set(self._samples) - seen:  # forget deleted or no longer autoscaled objects
+            self._samples.pop(key, None)
+            for k in [k for k in self._last if k[:2] == key]:
+                self._last.pop(k, None)
+
+    def _one(self, md: Mapping[str, Any]) -> None:
+        meta = md["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        spec = api.parse_spec(md.get("spec") or {}, name=name)
+        auto = spec.autoscaling
+        st = (md.get("status") or {}).get("autoscaling") or {}
+        current = st.get("desiredReplicas") if isinstance(st.get("desiredReplicas"), int) else spec.replicas
+        current = max(auto.min_replicas, min(auto.max_replicas, current))
+        pods = self.kube.list("Pod", ns, {constants.LABEL_NAME: name})
+        ready = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods
+                 if pod_ready(p) and p.get("status", {}).get("podIP")}
+        unschedulable = sum(1 for p in pods if pod_unschedulable(p))
+        now = time.time()
+        urls = {pod: f"http://{ip}:{constants.PORT_METRICS}/metrics" for pod, ip in ready.items()}
+        scraped = scrape(urls.values(), spec.model.name, timeout=1.0)
+        values: list[float | None] = []
+        for pod, url in urls.items():
+            metrics = scraped[url]
+            before = self._last.get((ns, name, pod))
+            values.append(pod_value(auto.metric, metrics, before[1] if before else None,
+                                    now - before[0] if before else 0.0))
+            if metrics is not None:
+                self._last[(ns, name, pod)] = (now, metrics)
+        window = [s for s in self._samples.get((ns, name), []) if now - s.at <= auto.stable_window]
+        if values:
+            window.append(Sample(now, tuple(values)))
+        self._samples[(ns, name)] = window
+        rec = recommend(auto, current, window, now, memory_from_status(st), pending_unschedulable=unschedulable)
+        wanted = status_of(rec, auto)
+        changed = {k: v for k, v in wanted.items() if k != "metricValue" and k != "reason" and st.get(k) != v}
+        if rec.desired != current or changed.keys() - {"mode"}:
+            try:
+                self.kube.patch_status(constants.KIND, ns, name, {"autoscaling": wanted})
+            except NotFound:
+                return
+            if rec.desired != current:
+                events.post(self.kube, md, "Normal", "Scaled", rec.reason)
+                log.info("%s/%s: %s", ns, name, rec.reason)
+            elif rec.limited_by_capacity and not st.get("limitedByCapacity"):
+                events.post(self.kube, md, "Warning", "InsufficientGPUs", rec.reason)
+
+
+def start(kube: Kube, settings: Settings) -> threading.Event:
+    scaler = Autoscaler(kube, settings)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(settings.autoscale_seconds):
+            try:
+                scaler.tick()
+            except Exception as e:
+                log.warning("autoscaler tick failed: %s", e)
+
+    threading.Thread(target=loop, name="autoscaler", daemon=True).start()
+    return stop

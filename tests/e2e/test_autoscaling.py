@@ -1,0 +1,110 @@
+"""Autoscaling on real Triton metrics: load through the Service adds pods within seconds, and
+they go again after the delay once the load stops, with no failed request while they drain."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import NS
+from tests.support.cluster import ClusterHandle, wait_for
+
+pytestmark = pytest.mark.e2e
+
+NAME = "auto"
+
+
+def _spec() -> dict[str, Any]:
+    return {"apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": NAME},
+            "spec": {"model": {"name": "digits", "version": "1",
+                               "source": {"uri": "s3://models/digits/1/model.onnx", "credentialsSecret": "s3-creds"},
+                               "format": "onnx", "maxBatchSize": 32},
+                     "serving": {"gpus": 1, "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                                          "limits": {"memory": "2Gi"}}},
+                     "replicas": 1,
+                     "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "metric": "inferenceRate",
+                                     "target": 15, "scaleDownDelay": "10s", "stableWindow": "20s",
+                                     "panicWindow": "4s"},
+                     "rollout": {"maxSurgeGpus": 1}}}
+
+
+class Load:
+    """Closed-loop senders through the Service; every failure is kept (what a client would see).
+
+    Each request opens its own connection, as kube-proxy balances connections, not requests: a
+    kept-alive connection stays pinned to one pod and is closed when that pod stops (see
+    docs/design.md, "Draining and keep-alive").
+    """
+
+    def __init__(self, url: str, senders: int, pause: float) -> None:
+        self.url, self.pause = url, pause
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(senders)]
+
+    def _run(self) -> None:
+        import tritonclient.http as httpclient
+
+        x = np.zeros((1, 1, 8, 8), np.float32)
+        while not self._stop.is_set():
+            try:
+                client = httpclient.InferenceServerClient(self.url, connection_timeout=5, network_timeout=10)
+                inp = httpclient.InferInput("input_0", [1, 1, 8, 8], "FP32")
+                inp.set_data_from_numpy(x)
+                client.infer("digits", [inp])
+                client.close()
+                self.ok += 1
+            except Exception as e:
+                self.failed.append(str(e)[:200])
+            if self.pause:
+                time.sleep(self.pause)
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)
+
+
+def _md(tc: ClusterHandle) -> dict[str, Any]:
+    return tc.kubectl_json("get", "modeldeployment", NAME, "-n", NS)
+
+
+def test_scales_up_on_load_and_down_after_the_delay(real_cluster: ClusterHandle, stack: dict[str, Any]) -> None:
+    real_cluster.apply(_spec(), NS)
+    wait_for(lambda: _md(real_cluster).get("status", {}).get("readyReplicas") == 1, 240, interval=1,
+             message="one pod serving")
+    ip = real_cluster.kubectl_json("get", "service", NAME, "-n", NS)["spec"]["clusterIP"]
+    url = f"{ip}:8000"
+
+    with Load(url, senders=4, pause=0) as heavy:
+        began = time.monotonic()
+        wait_for(lambda: (_md(real_cluster)["status"].get("autoscaling") or {}).get("desiredReplicas", 1) >= 2, 30,
+                 interval=0.5, message="a scale-up decision")
+        decided = time.monotonic() - began
+        wait_for(lambda: _md(real_cluster)["status"].get("readyReplicas") == 3, 180, interval=1,
+                 message="three pods serving")
+    assert heavy.ok > 100 and heavy.failed == [], heavy.failed[:3]
+    assert decided <= 10, f"first scale-up decision took {decided:.1f}s"
+
+    with Load(url, senders=1, pause=0.25) as light:
+        wait_for(lambda: (_md(real_cluster)["status"].get("autoscaling") or {}).get("desiredReplicas") == 1, 120,
+                 interval=1, message="scale-down decision after the delay")
+        wait_for(lambda: len(real_cluster.kubectl_json("get", "pods", "-n", NS, "-l",
+                                                        f"modeldeploy.io/name={NAME}")["items"]) == 1,
+                 120, interval=1, message="extra pods drained and gone")
+    assert light.ok > 20 and light.failed == [], light.failed[:3]
+    reasons = [e["message"] for e in real_cluster.kubectl_json("get", "events", "-n", NS)["items"]
+               if e["involvedObject"].get("name") == NAME and e["reason"] == "Scaled"]
+    assert any("inferenceRate" in r and "1 -> " in r for r in reasons), reasons
+    assert any("-> 1" in r for r in reasons), reasons
+    real_cluster.kubectl("delete", "modeldeployment", NAME, "-n", NS, "--wait=false")
