@@ -17,12 +17,15 @@ from tests.support import operator as op
 from tests.support.cluster import ClusterHandle
 
 ROOT = Path(__file__).resolve().parents[2]
-NS = "serving-e2e"
 
 
-@pytest.fixture(scope="session")
-def stack(real_cluster: ClusterHandle) -> Iterator[dict[str, Any]]:
-    """Images loaded, MinIO with two model versions, the chart installed, a restricted namespace."""
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest, real_cluster: ClusterHandle) -> Iterator[dict[str, Any]]:
+    """Images loaded, MinIO with two model versions, the chart installed, a restricted namespace.
+
+    Per test module (its `NS`): a module may follow one that took the real node down and up again.
+    """
+    NS = request.module.NS
     cfg = real_cluster.local
     assert cfg is not None, "the e2e tier runs on the local cluster's real node"
     archives = subprocess.run([str(ROOT / "hack" / "images" / "ensure.sh")], check=True, capture_output=True,

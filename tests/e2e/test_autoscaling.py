@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import NS
 from tests.support.cluster import ClusterHandle, wait_for
 
 pytestmark = pytest.mark.e2e
+
+NS = "autoscaling-e2e"
 
 NAME = "auto"
 
@@ -42,6 +43,7 @@ class Load:
 
     def __init__(self, url: str, senders: int, pause: float) -> None:
         self.url, self.pause = url, pause
+        self.began = time.monotonic()
         self.ok = 0
         self.failed: list[str] = []
         self._stop = threading.Event()
@@ -60,11 +62,12 @@ class Load:
                 client.close()
                 self.ok += 1
             except Exception as e:
-                self.failed.append(str(e)[:200])
+                self.failed.append(f"{time.monotonic() - self.began:.1f}s: {str(e)[:200]}")
             if self.pause:
                 time.sleep(self.pause)
 
     def __enter__(self) -> Load:
+        self.began = time.monotonic()
         for t in self._threads:
             t.start()
         return self
@@ -73,6 +76,15 @@ class Load:
         self._stop.set()
         for t in self._threads:
             t.join(15)
+
+
+def _answers(url: str) -> bool:
+    import tritonclient.http as httpclient
+
+    try:
+        return bool(httpclient.InferenceServerClient(url, connection_timeout=2).is_model_ready("digits"))
+    except Exception:
+        return False
 
 
 def _md(tc: ClusterHandle) -> dict[str, Any]:
@@ -85,6 +97,8 @@ def test_scales_up_on_load_and_down_after_the_delay(real_cluster: ClusterHandle,
              message="one pod serving")
     ip = real_cluster.kubectl_json("get", "service", NAME, "-n", NS)["spec"]["clusterIP"]
     url = f"{ip}:8000"
+    # Ready in status comes before kube-proxy has programmed the Service: wait for one answer.
+    wait_for(lambda: _answers(url), 30, interval=0.5, message="the Service answers")
 
     with Load(url, senders=4, pause=0) as heavy:
         began = time.monotonic()
