@@ -10,12 +10,12 @@ LOCALCLUSTER := $(PY) -m localcluster --name $(CLUSTER)
 chart-crds: python
 	@$(PY) hack/sync_chart_crds.py
 
-.PHONY: chart-crds help setup system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
+.PHONY: images chart-crds help setup system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
 
 help:
 	@echo "make demo    set up everything, start a local cluster, run the operator"
 	@echo "make test    set up everything and run all test tiers (lint, unit, integration, e2e)"
-	@echo "make lint | unit | integration | e2e | cluster-up | cluster-down | cluster-status"
+	@echo "make lint | unit | integration | e2e | images | cluster-up | cluster-down | cluster-status"
 
 setup: system python binaries
 
@@ -55,6 +55,11 @@ cluster-down: python
 
 cluster-status: python
 	@$(LOCALCLUSTER) status
+
+images: setup
+	@$(STEP) "serving image and operator image (built without Docker, only when their inputs change)" \
+		hack/images/ensure.sh
+	@ls -lh out/*.tar | awk '{print "  " $$5 "  " $$9}'
 
 demo: setup
 	@$(STEP) "demo" hack/demo.sh
