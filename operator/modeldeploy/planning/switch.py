@@ -56,6 +56,16 @@ def surge_pods(desired: int, gpus_per_pod: int, max_surge_gpus: int) -> int:
     return max_surge_gpus // gpus_per_pod
 
 
+def trade(desired: int, surge: int, old_spec: int, new_spec: int, new_ready: int) -> tuple[int, int]:
+    """(old, new) replicas for one pass of a replacement: the new revision grows into the surge
+    budget, the old one gives up only pods the new one has made Ready (one pod when there is no
+    budget at all, so the replacement can start)."""
+    max_unavailable = 0 if surge > 0 else 1
+    new_target = max(new_spec, min(desired, desired + surge - old_spec))
+    old_target = min(old_spec, max(0, desired - max_unavailable - new_ready))
+    return old_target, new_target
+
+
 def revision_failure(state: RevisionState | None, startup_timeout: float) -> str:
     """Why a revision cannot serve, '' if it can or may still."""
     if state is None:
@@ -105,10 +115,7 @@ def plan(inp: SwitchInput, observed: Mapping[str, RevisionState]) -> SwitchPlan:
                               decisions=tuple(decisions))
         targets = {inp.current: r}
     else:
-        surge = surge_pods(r, inp.gpus_per_pod, inp.max_surge_gpus)
-        max_unavailable = 0 if surge > 0 else 1
-        new_target = max(new, min(r, r + surge - old))
-        old_target = min(old, max(0, r - max_unavailable - new_ready))
+        old_target, new_target = trade(r, surge_pods(r, inp.gpus_per_pod, inp.max_surge_gpus), old, new, new_ready)
         targets = {inp.stable: old_target, inp.current: new_target}
 
     if new_ready >= r:

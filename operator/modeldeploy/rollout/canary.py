@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import RolloutSpec
+from ..planning.switch import trade
 from .analysis import Analysis, Counters, Thresholds, Verdict, judge
 from .traffic import split
 
@@ -133,11 +134,7 @@ def _rolling_back(state: CanaryState, reason: str, message: str, obs: Observatio
 
 def _promotion_targets(obs: Observation, rollout: RolloutSpec) -> tuple[int, int]:
     """Grow the canary to every replica, removing a stable pod only once a canary pod is Ready."""
-    r, surge = obs.desired_replicas, _surge(obs, rollout)
-    max_unavailable = 0 if surge > 0 else 1
-    canary = max(obs.canary_spec, min(r, r + surge - obs.stable_spec))
-    stable = min(obs.stable_spec, max(0, r - max_unavailable - obs.canary_ready))
-    return stable, canary
+    return trade(obs.desired_replicas, _surge(obs, rollout), obs.stable_spec, obs.canary_spec, obs.canary_ready)
 
 
 def next_step(state: CanaryState, rollout: RolloutSpec, obs: Observation, now: float) -> Decision:
