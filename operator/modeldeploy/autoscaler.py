@@ -8,7 +8,6 @@ with an empty window the recommender holds, so a restart never scales anything d
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -24,22 +23,14 @@ from .kube.client import Kube, NotFound
 from .metrics.parse import TritonMetrics
 from .metrics.scrape import scrape
 from .planning.observe import pod_ready, pod_unschedulable
+from .timefmt import parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
 
 
-def _rfc(t: float | None) -> str | None:
-    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _epoch(s: str | None) -> float | None:
-    if not s:
-        return None
-    return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
-
-
 def memory_from_status(st: Mapping[str, Any]) -> Memory:
-    return Memory(_epoch(st.get("panicUntil")), _epoch(st.get("belowSince")), _epoch(st.get("lastScaleTime")))
+    return Memory(parse_rfc3339(st.get("panicUntil")), parse_rfc3339(st.get("belowSince")),
+                  parse_rfc3339(st.get("lastScaleTime")))
 
 
 def status_of(rec: Recommendation, spec: api.AutoscalingSpec) -> dict[str, Any]:
@@ -53,8 +44,8 @@ def status_of(rec: Recommendation, spec: api.AutoscalingSpec) -> dict[str, Any]:
     else:
         shown = f"{value:.2f}"
     return {"desiredReplicas": rec.desired, "metricValue": shown, "mode": rec.mode, "reason": rec.reason,
-            "panicUntil": _rfc(rec.memory.panic_until), "belowSince": _rfc(rec.memory.below_since),
-            "lastScaleTime": _rfc(rec.memory.last_scale_at), "limitedByCapacity": rec.limited_by_capacity}
+            "panicUntil": rfc3339(rec.memory.panic_until), "belowSince": rfc3339(rec.memory.below_since),
+            "lastScaleTime": rfc3339(rec.memory.last_scale_at), "limitedByCapacity": rec.limited_by_capacity}
 
 
 class Autoscaler:

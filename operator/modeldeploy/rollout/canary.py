@@ -8,12 +8,12 @@ is in CanaryState, which the reconciler stores in status.canary (see to_status /
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import RolloutSpec
 from ..planning.switch import trade
+from ..timefmt import parse_rfc3339, rfc3339
 from .analysis import Analysis, Counters, Thresholds, Verdict, judge
 from .traffic import split
 
@@ -241,7 +241,7 @@ def _progressing(state: CanaryState, rollout: RolloutSpec, obs: Observation, now
 
 def _analyse(st: CanaryState, rollout: RolloutSpec, obs: Observation,
              now: float) -> tuple[CanaryState, tuple[str, str, str]]:
-    at = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = rfc3339(now)
     if obs.canary_counters is None or obs.stable_counters is None:
         # Missing data never passes: a canary whose metrics cannot be read may be the broken one.
         result = Analysis(Verdict.FAIL, 0, 0.0, None, "metrics could not be read")
@@ -260,22 +260,13 @@ def _analyse(st: CanaryState, rollout: RolloutSpec, obs: Observation,
                                         f"({int(result.requests)} requests)")
 
 
-def _rfc(t: float | None) -> str | None:
-    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _epoch(s: str | None) -> float | None:
-    if not s:
-        return None
-    return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
-
-
 def to_status(state: CanaryState, decision_weight: float) -> dict[str, Any]:
     """status.canary: what users read, plus what a restarted operator needs to continue."""
     return {
         "phase": state.phase, "revision": state.revision, "stableRevision": state.stable,
-        "step": state.step, "weight": round(decision_weight), "startedAt": _rfc(state.started_at),
-        "stepStartedAt": _rfc(state.step_started_at), "lastAnalysisAt": _rfc(state.last_analysis_at),
+        "step": state.step, "weight": round(decision_weight), "startedAt": rfc3339(state.started_at, micro=True),
+        "stepStartedAt": rfc3339(state.step_started_at, micro=True),
+        "lastAnalysisAt": rfc3339(state.last_analysis_at, micro=True),
         "failures": state.failures, "passesInStep": state.passes_in_step, "pausedFrom": state.paused_from,
         "reason": state.reason, "analyses": list(state.analyses),
         "lastSample": {"canary": state.last_canary.to_dict(), "stable": state.last_stable.to_dict()},
@@ -286,11 +277,12 @@ def from_status(d: dict[str, Any] | None) -> CanaryState | None:
     if not d or not d.get("revision"):
         return None
     sample = d.get("lastSample") or {}
-    started = _epoch(d.get("startedAt"))
+    started = parse_rfc3339(d.get("startedAt"))
     return CanaryState(
         phase=d["phase"], revision=d["revision"], stable=d.get("stableRevision", ""),
         started_at=started if started is not None else 0.0, step=int(d.get("step", 0)),
-        step_started_at=_epoch(d.get("stepStartedAt")), last_analysis_at=_epoch(d.get("lastAnalysisAt")),
+        step_started_at=parse_rfc3339(d.get("stepStartedAt")),
+        last_analysis_at=parse_rfc3339(d.get("lastAnalysisAt")),
         last_canary=Counters.from_dict(sample.get("canary")), last_stable=Counters.from_dict(sample.get("stable")),
         failures=int(d.get("failures", 0)), passes_in_step=int(d.get("passesInStep", 0)),
         paused_from=d.get("pausedFrom"), reason=d.get("reason", ""), analyses=tuple(d.get("analyses") or ()))
