@@ -48,3 +48,14 @@ def stack(request: pytest.FixtureRequest, real_cluster: ClusterHandle) -> Iterat
     real_cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
 
 
+
+
+def service_answers(url: str) -> bool:
+    """Whether Triton behind `url` (a Service's ClusterIP:port) answers that the digits model is
+    ready: status Ready comes before kube-proxy has programmed the Service."""
+    import tritonclient.http as httpclient
+
+    try:
+        return bool(httpclient.InferenceServerClient(url, connection_timeout=2).is_model_ready("digits"))
+    except Exception:
+        return False

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.e2e.conftest import service_answers
 from tests.support.cluster import ClusterHandle, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -78,15 +79,6 @@ class Load:
             t.join(15)
 
 
-def _answers(url: str) -> bool:
-    import tritonclient.http as httpclient
-
-    try:
-        return bool(httpclient.InferenceServerClient(url, connection_timeout=2).is_model_ready("digits"))
-    except Exception:
-        return False
-
-
 def _md(tc: ClusterHandle) -> dict[str, Any]:
     return tc.kubectl_json("get", "modeldeployment", NAME, "-n", NS)
 
@@ -98,7 +90,7 @@ def test_scales_up_on_load_and_down_after_the_delay(real_cluster: ClusterHandle,
     ip = real_cluster.kubectl_json("get", "service", NAME, "-n", NS)["spec"]["clusterIP"]
     url = f"{ip}:8000"
     # Ready in status comes before kube-proxy has programmed the Service: wait for one answer.
-    wait_for(lambda: _answers(url), 30, interval=0.5, message="the Service answers")
+    wait_for(lambda: service_answers(url), 30, interval=0.5, message="the Service answers")
 
     with Load(url, senders=4, pause=0) as heavy:
         began = time.monotonic()

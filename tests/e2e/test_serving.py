@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.e2e.conftest import service_answers
 from tests.support.cluster import ClusterHandle, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -65,15 +66,6 @@ def _classify(url: str, x: np.ndarray) -> np.ndarray:
     return np.asarray(out.as_numpy(name)).argmax(axis=1)
 
 
-def _serves(tc: ClusterHandle) -> bool:
-    import tritonclient.http as httpclient
-
-    try:
-        return bool(httpclient.InferenceServerClient(_url(tc), connection_timeout=2).is_model_ready("digits"))
-    except Exception:
-        return False
-
-
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from tests.support import serving_digits as sd
 
@@ -84,7 +76,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 def test_model_is_served_through_the_service(real_cluster: ClusterHandle, stack: dict[str, Any]) -> None:
     real_cluster.apply(_spec("1", "s3://models/digits/1/model.onnx"), NS)
     md = _ready(real_cluster)
-    wait_for(lambda: _serves(real_cluster), 30, interval=0.5, message="kube-proxy routes the Service")
+    wait_for(lambda: service_answers(_url(real_cluster)), 30, interval=0.5, message="kube-proxy routes the Service")
     assert md["status"]["endpoint"]["http"] == f"http://digits.{NS}.svc:8000/v2/models/digits"
     assert {c["type"]: c["status"] for c in md["status"]["conditions"]} == {
         "Ready": "True", "ModelLoaded": "True", "Progressing": "False", "Degraded": "False"}

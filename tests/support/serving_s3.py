@@ -8,7 +8,6 @@ AWS SDK; MinIO checks every signature, so a wrong key is refused as it would be 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
 import subprocess
@@ -17,14 +16,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-from modeldeploy.loader import sigv4
+from localcluster.objectstore import Store
 
 from .serving import ROOT, free_port
 
-REGION = "us-east-1"
 
 
 def minio_binary() -> Path:
@@ -49,31 +46,24 @@ class S3Server:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def store(self) -> Store:
+        """The same client the local cluster's object store uses (signed with the loader's SigV4)."""
+        return Store(self.endpoint, self.access_key, self.secret_key)
+
     def env(self, access_key: str | None = None, secret_key: str | None = None) -> dict[str, str]:
         """The AWS_* variables a loader pod gets from its credentialsSecret."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": access_key or self.access_key,
-            "AWS_SECRET_ACCESS_KEY": secret_key or self.secret_key,
-            "AWS_REGION": REGION,
-        }
-
-    def _request(self, method: str, path: str, body: bytes = b"") -> None:
-        creds = sigv4.Credentials(self.access_key, self.secret_key)
-        headers = sigv4.sign(method, f"127.0.0.1:{self.port}", path, {}, {}, creds, REGION, datetime.now(UTC),
-                             payload_sha256=hashlib.sha256(body).hexdigest())
-        headers.pop("host")
-        req = urllib.request.Request(self.endpoint + path, data=body or None, headers=headers, method=method)
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            resp.read()
+        return {**self.store.secret_data(), "AWS_ACCESS_KEY_ID": access_key or self.access_key,
+                "AWS_SECRET_ACCESS_KEY": secret_key or self.secret_key}
 
     def create_bucket(self, bucket: str) -> None:
-        self._request("PUT", f"/{bucket}")
+        self.store.ensure_bucket(bucket)
 
     def put(self, bucket: str, key: str, data: bytes) -> str:
         """Upload an object; returns its s3:// URI."""
-        self._request("PUT", f"/{bucket}/{sigv4.uri_encode(key, keep_slash=True)}", data)
-        return f"s3://{bucket}/{key}"
+        uri = f"s3://{bucket}/{key}"
+        self.store.put(uri, data)
+        return uri
 
 
 def _ready(port: int) -> bool:
