@@ -23,7 +23,6 @@ from localcluster.objectstore import Store
 from .serving import ROOT, free_port
 
 
-
 def minio_binary() -> Path:
     """$MD_MINIO_BIN, else the cached build (built on first use: ~10 minutes on two cores)."""
     if explicit := os.environ.get("MD_MINIO_BIN"):
