@@ -36,7 +36,7 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[cluster_support.ClusterHandle]:
-    tc = cluster_support.start()
+    tc = cluster_support.start(os.environ.get("MD_TEST_CLUSTER", "pytest"))
     yield tc
     cluster_support.stop(tc)
 
@@ -83,8 +83,13 @@ def _operator_session(chart_installed: cluster_support.ClusterHandle,
     work = tmp_path_factory.mktemp("operator")
     kubeconfig = op.service_account_kubeconfig(chart_installed, work / "sa.kubeconfig")
     proc = op.OperatorProcess(kubeconfig=kubeconfig, log_path=ARTIFACTS / "operator.log",
-                              metrics_port=process.free_port(), env={"MD_RESYNC_SECONDS": "1",
-                                   "MD_LOG_LEVEL": os.environ.get("MD_TEST_OPERATOR_LOG_LEVEL", "INFO")})
+                              metrics_port=process.free_port(), env={
+                                  "MD_RESYNC_SECONDS": "1", "MD_AUTOSCALE_SECONDS": "1",
+                                  "MD_LOG_LEVEL": os.environ.get("MD_TEST_OPERATOR_LOG_LEVEL", "INFO"),
+                                  # kwok pods' IPs are fake: never scrape them. A Prometheus that
+                                  # does not answer is what this tier sees: canary metrics missing.
+                                  "MD_METRICS_SOURCE": "prometheus",
+                                  "MD_PROMETHEUS_URL": f"http://127.0.0.1:{process.free_port()}"})
     ARTIFACTS.mkdir(exist_ok=True)
     proc.start()
     yield proc

@@ -9,7 +9,6 @@ with an empty window the recommender holds, so a restart never scales anything d
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +20,7 @@ from .config import Settings
 from .kube import events
 from .kube.client import Kube, NotFound
 from .metrics.parse import TritonMetrics
-from .metrics.scrape import scrape
+from .metrics.source import MetricsSource, source_from_settings
 from .planning.observe import pod_ready, pod_unschedulable
 from .timefmt import parse_rfc3339, rfc3339
 
@@ -56,20 +55,20 @@ class Autoscaler:
         self.settings = settings
         self._last: dict[tuple[str, str, str], tuple[float, TritonMetrics]] = {}  # (ns, md, pod) -> scrape
         self._samples: dict[tuple[str, str], list[Sample]] = {}
+        self.metrics: MetricsSource = source_from_settings(settings)
 
-    def tick(self) -> None:
-        namespaces: list[str | None] = list(self.settings.namespaces) or [None]
+    def tick(self, mds: list[dict[str, Any]]) -> None:
+        """One decision for each autoscaled ModelDeployment in `mds` (the tick's one LIST)."""
         seen: set[tuple[str, str]] = set()
-        for ns in namespaces:
-            for md in self.kube.list(constants.KIND, ns):
-                if not (md.get("spec", {}).get("autoscaling") or {}).get("enabled"):
-                    continue
-                key = (md["metadata"]["namespace"], md["metadata"]["name"])
-                seen.add(key)
-                try:
-                    self._one(md)
-                except Exception as e:  # one object never stops the loop; the next tick retries
-                    log.warning("autoscaling %s/%s failed: %s", *key, e)
+        for md in mds:
+            if not (md.get("spec", {}).get("autoscaling") or {}).get("enabled"):
+                continue
+            key = (md["metadata"]["namespace"], md["metadata"]["name"])
+            seen.add(key)
+            try:
+                self._one(md)
+            except Exception as e:  # one object never stops the loop; the next tick retries
+                log.warning("autoscaling %s/%s failed: %s", *key, e)
         for key in set(self._samples) - seen:  # forget deleted or no longer autoscaled objects
             self._samples.pop(key, None)
             for k in [k for k in self._last if k[:2] == key]:
@@ -88,11 +87,10 @@ class Autoscaler:
                  if pod_ready(p) and p.get("status", {}).get("podIP")}
         unschedulable = sum(1 for p in pods if pod_unschedulable(p))
         now = time.time()
-        urls = {pod: f"http://{ip}:{constants.PORT_METRICS}/metrics" for pod, ip in ready.items()}
-        scraped = scrape(urls.values(), spec.model.name, timeout=1.0)
+        scraped = self.metrics.pods(ns, ready, spec.model.name)
         values: list[float | None] = []
-        for pod, url in urls.items():
-            metrics = scraped[url]
+        for pod in ready:
+            metrics = scraped.get(pod)
             before = self._last.get((ns, name, pod))
             values.append(pod_value(auto.metric, metrics, before[1] if before else None,
                                     now - before[0] if before else 0.0))
@@ -115,18 +113,3 @@ class Autoscaler:
                 log.info("%s/%s: %s", ns, name, rec.reason)
             elif rec.limited_by_capacity and not st.get("limitedByCapacity"):
                 events.post(self.kube, md, "Warning", "InsufficientGPUs", rec.reason)
-
-
-def start(kube: Kube, settings: Settings) -> threading.Event:
-    scaler = Autoscaler(kube, settings)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(settings.autoscale_seconds):
-            try:
-                scaler.tick()
-            except Exception as e:
-                log.warning("autoscaler tick failed: %s", e)
-
-    threading.Thread(target=loop, name="autoscaler", daemon=True).start()
-    return stop

@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+METRICS_SOURCES = ("scrape", "prometheus")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -27,6 +29,19 @@ class Settings:
     log_level: str = "INFO"
     image_pull_policy: str = "IfNotPresent"
     extra: Mapping[str, str] = field(default_factory=dict)
+    metrics_source: str = "scrape"  # scrape (each pod's :8002) | prometheus (PromQL at prometheus_url)
+    prometheus_url: str = ""  # e.g. http://prometheus-operated.monitoring:9090; needed for metrics_source=prometheus
+
+    def __post_init__(self) -> None:
+        """Refuse a metrics source that cannot work at startup, not at the first autoscaling tick."""
+        if self.metrics_source not in METRICS_SOURCES:
+            raise ValueError(f"MD_METRICS_SOURCE must be one of {', '.join(METRICS_SOURCES)}, "
+                             f"not {self.metrics_source!r}")
+        if self.metrics_source == "prometheus" and not self.prometheus_url:
+            raise ValueError("MD_PROMETHEUS_URL must be set when MD_METRICS_SOURCE=prometheus "
+                             "(e.g. http://prometheus-operated.monitoring:9090)")
+        if self.metrics_source == "prometheus" and not self.prometheus_url.startswith(("http://", "https://")):
+            raise ValueError("MD_PROMETHEUS_URL must start with http:// or https://")  # the value may hold a password
 
     @property
     def cluster_wide(self) -> bool:
@@ -53,6 +68,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         log_format=e.get("MD_LOG_FORMAT", d.log_format),
         log_level=e.get("MD_LOG_LEVEL", d.log_level),
         image_pull_policy=e.get("MD_IMAGE_PULL_POLICY", d.image_pull_policy),
+        metrics_source=e.get("MD_METRICS_SOURCE", d.metrics_source).strip().lower(),
+        prometheus_url=e.get("MD_PROMETHEUS_URL", d.prometheus_url).strip(),
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from . import autoscaler, handlers, logging_setup, resync, telemetry
+from . import handlers, logging_setup, resync, telemetry, ticker
 from .config import Settings
 from .kube.client import Kube, load_api_client
 from .reconciler import Reconciler
@@ -34,7 +34,7 @@ def run_operator(settings: Settings) -> int:
     _configure_kopf()
     telemetry.serve(settings.metrics_port)
     resync.start(kube, reconciler, settings)
-    autoscaler.start(kube, settings)
+    ticker.start(kube, reconciler, settings)
     log.info("modeldeploy starting: %s", "cluster-wide" if settings.cluster_wide else
              f"namespaces {','.join(settings.namespaces)}")
     asyncio.run(kopf.operator(

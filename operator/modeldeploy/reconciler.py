@@ -7,6 +7,7 @@ and the switch's state live in status, never in the operator's memory.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -18,9 +19,13 @@ from typing import Any
 from . import api, constants, telemetry
 from .config import Settings
 from .kube import events
-from .kube.client import Kube, NotFound
-from .planning import drift, observe, status, switch
+from .kube.client import Conflict, Kube, NotFound
+from .metrics.source import MetricsSource, source_from_settings
+from .planning import canary_plan, drift, observe, status, switch
 from .resources import Images, build_deployment, build_pdb, build_services, image_inputs
+from .rollout import canary
+from .rollout.analysis import Counters
+from .validation import Validator
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,34 @@ def _rfc3339(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def manual_command(annotations: Mapping[str, str]) -> str | None:
+    """What the user asked of the canary by annotation; abort wins over promote, promote over pause."""
+    if constants.ANNOTATION_ABORT in annotations:
+        return canary.Manual.ABORT
+    if constants.ANNOTATION_PROMOTE in annotations:
+        return canary.Manual.PROMOTE
+    pause = annotations.get(constants.ANNOTATION_PAUSE)
+    if pause is not None and pause.lower() not in ("false", "no", "0"):
+        return canary.Manual.PAUSE
+    return None
+
+
+def revision_counters(source: MetricsSource, pods: list[dict[str, Any]], revision: str, model: str,
+                      namespace: str) -> Counters | None:
+    """One revision's request counters summed over its ready pods; None if any pod cannot be read."""
+    ready = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods
+             if p["metadata"].get("labels", {}).get(constants.LABEL_REVISION) == revision
+             and observe.pod_ready(p) and p.get("status", {}).get("podIP")}
+    if not ready:
+        return None
+    scraped = source.pods(namespace, ready, model)
+    if any(m is None for m in scraped.values()) or len(scraped) != len(ready):
+        return None
+    return Counters(success=sum(m.success for m in scraped.values() if m),
+                    failure=sum(m.failure for m in scraped.values() if m),
+                    duration_us=sum(m.request_duration_us for m in scraped.values() if m))
+
+
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     """Only objects whose controller is this ModelDeployment are ours to change or delete."""
     return any(ref.get("uid") == uid and ref.get("controller")
@@ -56,6 +89,8 @@ class Reconciler:
         self.settings = settings
         self._guard = threading.Lock()
         self._state: dict[tuple[str, str], str] = {}  # key -> "running" | "pending"
+        self.metrics: MetricsSource = source_from_settings(settings)
+        self.validator = Validator(kube, settings)
 
     def images(self) -> Images:
         return Images(serving=self.settings.serving_image, loader=self.settings.loader_image,
@@ -125,30 +160,84 @@ class Reconciler:
         pods = self.kube.list("Pod", namespace, selector)
         observed = observe.summarise(deployments, pods, now)
         desired_replicas = self.desired_replicas(spec, previous)
-        plan = switch.plan(switch.SwitchInput(
+        switch_input = switch.SwitchInput(
             desired_replicas=desired_replicas, gpus_per_pod=spec.serving.gpus,
             max_surge_gpus=spec.rollout.max_surge_gpus, strategy=spec.rollout.strategy, current=current,
             stable=previous.get("stableRevision"), failed=previous.get("failedRevision"),
-            startup_timeout_seconds=spec.serving.startup_timeout_seconds), observed)
+            startup_timeout_seconds=spec.serving.startup_timeout_seconds)
+        cplan = self._plan(md, spec, switch_input, observed, pods)
+        plan = cplan.plan
 
         self._apply_revisions(md, spec, current, plan, observed, result)
-        self._apply_services(md, spec, plan.stable or current, current, result)
+        self._apply_services(md, spec, plan.stable or current, current, result, cplan.main_service_revision)
         for rev in plan.retire:
             state = observed[rev]
             self.kube.delete("Deployment", namespace, state.deployment, uid=state.uid)
             result.decisions.append((switch.Reason.RETIRED, f"deleted Deployment {state.deployment} (revision {rev})"))
 
+        weight = cplan.decision.weight if cplan.decision else 0.0
         desired_status = status.compute(status.StatusInput(
             name=name, namespace=namespace, model_name=spec.model.name, generation=generation, current=current,
             desired_replicas=desired_replicas, plan=plan, observed=observed, previous=previous,
-            now=_rfc3339(now)))
+            now=_rfc3339(now), canary=cplan.state, canary_weight=weight))
+        desired_status["canary"] = canary.to_status(cplan.state, cplan.decision) if cplan.state else None
         result.phase = desired_status["phase"]
         self._write_status(md, previous, desired_status)
-        for reason, message in (*plan.decisions, *result.decisions):
-            warning = reason == switch.Reason.FAILED
-            events.post(self.kube, md, "Warning" if warning else "Normal", reason, message)
-            log.log(logging.WARNING if warning else logging.INFO, "%s/%s: %s: %s", namespace, name, reason, message)
+        self._consume_manual(md, cplan)
+        if cplan.state is not None:
+            telemetry.record_canary(namespace, name, cplan.state.phase, weight, cplan.state.step)
+        notes = [("Warning" if reason == switch.Reason.FAILED else "Normal", reason, message)
+                 for reason, message in (*plan.decisions, *result.decisions)]
+        for kind, reason, message in (*cplan.events, *notes):
+            events.post(self.kube, md, kind, reason, message)
+            log.log(logging.WARNING if kind == "Warning" else logging.INFO, "%s/%s: %s: %s",
+                    namespace, name, reason, message)
+            if reason == canary.Reason.ANALYSIS:
+                telemetry.CANARY_VERDICTS.labels(verdict=message.split(":")[1].strip()).inc()
+            elif reason in (canary.Reason.PROMOTED, canary.Reason.ROLLED_BACK):
+                telemetry.CANARY_OUTCOMES.labels(outcome=reason.removeprefix("Canary")).inc()
         return result
+
+    # --- canary ------------------------------------------------------------------------------
+    def _plan(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, switch_input: switch.SwitchInput,
+              observed: Mapping[str, observe.RevisionState],
+              pods: list[dict[str, Any]]) -> canary_plan.CanaryPlan:
+        """The switch's or the canary's plan; reads the pods' metrics only when an analysis needs them."""
+        previous = md.get("status") or {}
+        state = canary.from_status(previous.get("canary"))
+        now = time.time()
+        inp = canary_plan.CanaryInput(switch=switch_input, rollout=spec.rollout, state=state, now=now,
+                                      manual=manual_command(md["metadata"].get("annotations") or {}))
+        if canary_plan.canary_applies(switch_input, observed):
+            live = state if state is not None and state.revision == switch_input.current else None
+            if live is None or canary_plan.needs_metrics(live, spec.rollout, now):
+                model = spec.model.name
+                inp = dataclasses.replace(
+                    inp, canary_counters=revision_counters(self.metrics, pods, switch_input.current, model,
+                                                           md["metadata"]["namespace"]),
+                    stable_counters=revision_counters(self.metrics, pods, switch_input.stable or "", model,
+                                                      md["metadata"]["namespace"]))
+            if spec.rollout.validation is not None and live is not None and live.phase == canary.Phase.VALIDATING:
+                inp = dataclasses.replace(inp, validation=self.validator.result(md, spec, live.revision))
+        cplan = canary_plan.plan(inp, observed)
+        if cplan.run_validation and cplan.state is not None:
+            self.validator.ensure_started(md, spec, cplan.state.revision, cplan.state.stable)
+        return cplan
+
+    def _consume_manual(self, md: Mapping[str, Any], cplan: canary_plan.CanaryPlan) -> None:
+        """promote / abort are one-shot: once the canary acted on one, its annotation is removed."""
+        meta = md["metadata"]
+        annotations = meta.get("annotations") or {}
+        acted = {constants.ANNOTATION_PROMOTE: (canary.Phase.PROMOTING, canary.Phase.PROMOTED),
+                 constants.ANNOTATION_ABORT: (canary.Phase.ROLLING_BACK, canary.Phase.ROLLED_BACK)}
+        for key, phases in acted.items():
+            if key in annotations and cplan.state is not None and cplan.state.phase in phases:
+                try:
+                    self.kube.remove_annotation(constants.KIND, meta["namespace"], meta["name"], key,
+                                                meta["resourceVersion"])
+                except (NotFound, Conflict):
+                    return  # the next pass sees the newer object and tries again
+                return
 
     def desired_replicas(self, spec: api.ModelDeploymentSpec, previous: Mapping[str, Any]) -> int:
         """spec.replicas is the truth unless the operator's autoscaler owns replicas."""
@@ -184,10 +273,10 @@ class Reconciler:
                                          f"scaled revision {rev}: {state.spec_replicas} -> {replicas}"))
 
     def _apply_services(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, stable: str, current: str,
-                        result: PassResult) -> None:
+                        result: PassResult, main_revision: str | None = None) -> None:
         meta = md["metadata"]
         wanted = [*build_services(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
-                                  stable_revision=stable, canary_revision=current),
+                                  stable_revision=stable, canary_revision=current, main_revision=main_revision),
                   build_pdb(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
                             replicas=spec.replicas)]
         for obj in wanted:

@@ -18,6 +18,14 @@ ERRORS = Counter("modeldeploy_reconcile_errors_total", "Reconcile passes that ra
                  registry=REGISTRY)
 MANAGED = Gauge("modeldeploy_managed_modeldeployments", "ModelDeployments managed by this operator, by phase",
                 ["phase"], registry=REGISTRY)
+CANARY_WEIGHT = Gauge("modeldeploy_canary_weight_percent", "Share of pods (and traffic) on the canary revision",
+                      ["namespace", "name"], registry=REGISTRY)
+CANARY_STEP = Gauge("modeldeploy_canary_step", "Index of the canary's current step (0-based)",
+                    ["namespace", "name"], registry=REGISTRY)
+CANARY_VERDICTS = Counter("modeldeploy_canary_analyses_total", "Canary analyses by verdict (Pass, Fail, Inconclusive)",
+                          ["verdict"], registry=REGISTRY)
+CANARY_OUTCOMES = Counter("modeldeploy_canary_outcomes_total", "Finished canaries by outcome (Promoted, RolledBack)",
+                          ["outcome"], registry=REGISTRY)
 
 _phases: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
@@ -40,3 +48,10 @@ def record_phase(namespace: str, name: str, phase: str | None) -> None:
 def serve(port: int) -> None:
     """Expose /metrics on `port` (all interfaces: Prometheus scrapes the pod IP)."""
     start_http_server(port, registry=REGISTRY)
+
+
+def record_canary(namespace: str, name: str, phase: str, weight: float, step: int) -> None:
+    """The canary's weight and step; a finished canary shows weight 0."""
+    live = phase not in ("Promoted", "RolledBack")
+    CANARY_WEIGHT.labels(namespace=namespace, name=name).set(weight if live else 0)
+    CANARY_STEP.labels(namespace=namespace, name=name).set(step)

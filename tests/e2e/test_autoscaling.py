@@ -3,15 +3,14 @@ they go again after the delay once the load stops, with no failed request while 
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
-import numpy as np
 import pytest
 
 from tests.e2e.conftest import service_answers
 from tests.support.cluster import ClusterHandle, wait_for
+from tests.support.load import Load
 
 pytestmark = pytest.mark.e2e
 
@@ -32,51 +31,6 @@ def _spec() -> dict[str, Any]:
                                      "target": 15, "scaleDownDelay": "10s", "stableWindow": "20s",
                                      "panicWindow": "4s"},
                      "rollout": {"maxSurgeGpus": 1}}}
-
-
-class Load:
-    """Closed-loop senders through the Service; every failure is kept (what a client would see).
-
-    Each request opens its own connection, as kube-proxy balances connections, not requests: a
-    kept-alive connection stays pinned to one pod and is closed when that pod stops (see
-    docs/design.md, "Draining and keep-alive").
-    """
-
-    def __init__(self, url: str, senders: int, pause: float) -> None:
-        self.url, self.pause = url, pause
-        self.began = time.monotonic()
-        self.ok = 0
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(senders)]
-
-    def _run(self) -> None:
-        import tritonclient.http as httpclient
-
-        x = np.zeros((1, 1, 8, 8), np.float32)
-        while not self._stop.is_set():
-            try:
-                client = httpclient.InferenceServerClient(self.url, connection_timeout=5, network_timeout=10)
-                inp = httpclient.InferInput("input_0", [1, 1, 8, 8], "FP32")
-                inp.set_data_from_numpy(x)
-                client.infer("digits", [inp])
-                client.close()
-                self.ok += 1
-            except Exception as e:
-                self.failed.append(f"{time.monotonic() - self.began:.1f}s: {str(e)[:200]}")
-            if self.pause:
-                time.sleep(self.pause)
-
-    def __enter__(self) -> Load:
-        self.began = time.monotonic()
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(15)
 
 
 def _md(tc: ClusterHandle) -> dict[str, Any]:

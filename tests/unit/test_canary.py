@@ -59,7 +59,7 @@ def run(world: World, rollout: RolloutSpec = ROLLOUT, tick: float = 5, max_ticks
     trace = []
     for _ in range(max_ticks):
         if restart_every_tick:  # what a restarted operator reads back from status.canary
-            state = canary.from_status(canary.to_status(state, 0))
+            state = canary.from_status(canary.to_status(state))
             assert state is not None
         d = canary.next_step(state, rollout, world.observe(), now)
         trace.append(d)

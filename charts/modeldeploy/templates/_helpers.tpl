@@ -20,7 +20,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "modeldeploy.namespacedRules" -}}
 - apiGroups: ["modeldeploy.io"]
   resources: ["modeldeployments"]
-  verbs: ["get", "list", "watch"]
+  # patch: only to remove the one-shot modeldeploy.io/promote and /abort annotations once acted on
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["modeldeploy.io"]
   resources: ["modeldeployments/status"]
   verbs: ["get", "patch", "update"]
@@ -36,6 +37,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  # the canary validation gate: create a revision's Job, read its outcome, replace a stale one
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -44,6 +44,7 @@ KINDS: dict[str, Kind] = {
     "Pod": Kind("v1", "pods"),
     "Event": Kind("v1", "events"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
+    "Job": Kind("batch/v1", "jobs"),
     "HTTPRoute": Kind("gateway.networking.k8s.io/v1", "httproutes"),
     "ServiceMonitor": Kind("monitoring.coreos.com/v1", "servicemonitors"),
     constants.KIND: Kind(constants.API_VERSION, constants.PLURAL),
@@ -152,6 +153,13 @@ class Kube:
         self.writes.add("patch_status")
         return self._call("PATCH", f"{KINDS[kind].base(namespace)}/{name}/status", body=body,
                           content_type="application/merge-patch+json")
+
+    def remove_annotation(self, kind: str, namespace: str, name: str, key: str, resource_version: str) -> None:
+        """Drop one annotation a user set as a one-shot command, and nothing else (optimistic)."""
+        self.writes.add("patch")
+        self._call("PATCH", f"{KINDS[kind].base(namespace)}/{name}",
+                   body={"metadata": {"annotations": {key: None}, "resourceVersion": resource_version}},
+                   content_type="application/merge-patch+json")
 
     def scale(self, kind: str, namespace: str, name: str, replicas: int) -> dict[str, Any]:
         """Set replicas through the scale subresource: touches nothing else of the object."""

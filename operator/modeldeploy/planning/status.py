@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..constants import Condition, Phase
+from ..rollout.canary import LIVE, CanaryState
+from ..rollout.canary import Phase as CanaryPhase
 from .observe import RevisionState
 from .switch import SwitchPlan
 
@@ -31,6 +33,21 @@ class Reason:
     INSUFFICIENT_REPLICAS = "InsufficientReplicas"
     UNSCHEDULABLE = "Unschedulable"
     INVALID_SPEC = "InvalidSpec"
+    CANARY_IN_PROGRESS = "CanaryInProgress"
+
+
+def canary_message(can: CanaryState, weight: float) -> str:
+    """One line for the Progressing condition: where the canary is and why."""
+    if can.phase == CanaryPhase.VALIDATING:
+        return f"canary {can.revision}: validating before live traffic"
+    if can.phase == CanaryPhase.PAUSED:
+        return f"canary {can.revision}: paused at step {can.step + 1}, weight {weight:.0f}%"
+    if can.phase == CanaryPhase.PROMOTING:
+        return f"canary {can.revision}: promoting, weight {weight:.0f}%"
+    if can.phase == CanaryPhase.ROLLING_BACK:
+        return f"canary {can.revision}: rolling back: {can.reason}"
+    last = can.analyses[-1]["reason"] if can.analyses else "no analysis yet"
+    return f"canary {can.revision}: step {can.step + 1}, weight {weight:.0f}%, last analysis: {last}"
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,8 @@ class StatusInput:
     observed: Mapping[str, RevisionState]
     previous: Mapping[str, Any]
     now: str  # RFC 3339, used only for conditions whose status changes
+    canary: CanaryState | None = None  # the canary of the current revision, if one runs or ran
+    canary_weight: float = 0.0
 
 
 def _condition(ctype: str, status: bool | None, reason: str, message: str, generation: int) -> dict[str, Any]:
@@ -90,8 +109,13 @@ def compute(inp: StatusInput) -> dict[str, Any]:
     unschedulable = next((s.unschedulable for s in serving_revs if s.unschedulable), "")
     r = inp.desired_replicas
 
+    can = inp.canary if inp.canary is not None and inp.canary.revision == inp.current else None
+    rolled_back = (can is not None and can.phase in (CanaryPhase.ROLLED_BACK, CanaryPhase.ROLLING_BACK)
+                   and can.cause != Reason.LOAD_FAILED)
+    failed_reason = can.cause if rolled_back and can is not None and can.cause else Reason.LOAD_FAILED
+
     if plan.failed == inp.current:
-        loaded = _condition(Condition.MODEL_LOADED, False, Reason.LOAD_FAILED,
+        loaded = _condition(Condition.MODEL_LOADED, False, failed_reason,
                             f"revision {inp.current}: {failed_message}", inp.generation)
     elif cur is not None and cur.ready > 0:
         loaded = _condition(Condition.MODEL_LOADED, True, Reason.MODEL_LOADED,
@@ -108,20 +132,25 @@ def compute(inp: StatusInput) -> dict[str, Any]:
         ready_c = _condition(Condition.READY, False, Reason.NO_READY_REPLICAS, f"0/{r} replicas ready",
                              inp.generation)
 
-    if rolling:
+    if rolling and can is not None and (can.phase in LIVE or can.phase == CanaryPhase.PAUSED):
+        progressing = _condition(Condition.PROGRESSING, True, Reason.CANARY_IN_PROGRESS,
+                                 canary_message(can, inp.canary_weight), inp.generation)
+    elif rolling:
         new_ready = cur.ready if cur else 0
         progressing = _condition(Condition.PROGRESSING, True, Reason.ROLLOUT_IN_PROGRESS,
                                  f"revision {stable} -> {inp.current}: {new_ready}/{r} new replicas ready",
                                  inp.generation)
     elif plan.failed == inp.current and stable != inp.current:
+        verb = "was rolled back" if rolled_back else "failed"
         progressing = _condition(Condition.PROGRESSING, False, Reason.ROLLOUT_FAILED,
-                                 f"revision {inp.current} failed; revision {stable} keeps serving", inp.generation)
+                                 f"revision {inp.current} {verb}: {failed_message}; revision {stable} keeps serving",
+                                 inp.generation)
     else:
         progressing = _condition(Condition.PROGRESSING, False, Reason.ROLLOUT_COMPLETE,
                                  f"revision {stable} serves", inp.generation)
 
     if plan.failed == inp.current:
-        degraded = _condition(Condition.DEGRADED, True, Reason.LOAD_FAILED, failed_message, inp.generation)
+        degraded = _condition(Condition.DEGRADED, True, failed_reason, failed_message, inp.generation)
     elif unschedulable:
         degraded = _condition(Condition.DEGRADED, True, Reason.UNSCHEDULABLE, unschedulable, inp.generation)
     elif not rolling and r > 0 and ready < r and ready > 0:
@@ -173,6 +202,25 @@ def status_patch(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dic
     """
     patch: dict[str, Any] = {}
     for key, value in desired.items():
-        if previous.get(key) != value:
+        before = previous.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = _nested_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif before != value:
+            patch[key] = value
+    return patch
+
+
+def _nested_patch(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """Inside an object the operator owns whole (status.canary), keys it no longer sets are removed."""
+    patch: dict[str, Any] = {k: None for k in previous if k not in desired}
+    for key, value in desired.items():
+        before = previous.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = _nested_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif before != value:
             patch[key] = value
     return patch

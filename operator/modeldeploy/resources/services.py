@@ -57,12 +57,17 @@ def _service(
 
 
 def build_services(
-    md_name: str, namespace: str, owner_uid: str, stable_revision: str, canary_revision: str | None = None
+    md_name: str, namespace: str, owner_uid: str, stable_revision: str, canary_revision: str | None = None,
+    main_revision: str | None = None,
 ) -> list[dict[str, Any]]:
-    """[`<name>`, `<name>-stable`, `<name>-canary`]; canary falls back to the stable revision."""
+    """[`<name>`, `<name>-stable`, `<name>-canary`]; canary falls back to the stable revision.
+
+    `main_revision` narrows `<name>` to one revision: a canary being validated gets no live traffic.
+    """
     canary = canary_revision or stable_revision
+    main = labels.revision_selector(md_name, main_revision) if main_revision else labels.selector_labels(md_name)
     return [
-        _service(md_name, namespace, md_name, owner_uid, labels.selector_labels(md_name), None),
+        _service(md_name, namespace, md_name, owner_uid, main, None),
         _service(
             labels.stable_service_name(md_name),
             namespace,

@@ -71,10 +71,11 @@ class Analysis:
     reason: str
 
     def to_dict(self, at: str) -> dict[str, Any]:
-        return {"at": at, "verdict": self.verdict, "requests": int(self.requests),
-                "errorRate": round(self.error_rate, 6),
-                "p99Ratio": None if self.latency_ratio is None else round(self.latency_ratio, 4),
-                "reason": self.reason}
+        out: dict[str, Any] = {"at": at, "verdict": self.verdict, "requests": int(self.requests),
+                               "errorRate": round(self.error_rate, 6), "reason": self.reason}
+        if self.latency_ratio is not None:  # no null in status: the API server would drop it
+            out["latencyRatio"] = round(self.latency_ratio, 4)
+        return out
 
 
 def judge(canary: Counters, stable: Counters, t: Thresholds) -> Analysis:

@@ -48,6 +48,7 @@ class Reason:
     ROLLED_BACK = "CanaryRolledBack"
     LOAD_FAILED = "LoadFailed"
     ABORTED = "Aborted"
+    ABANDONED = "CanaryAbandoned"
     PAUSED = "CanaryPaused"
     RESUMED = "CanaryResumed"
 
@@ -77,6 +78,8 @@ class CanaryState:
     paused_from: str | None = None
     reason: str = ""
     analyses: tuple[dict[str, Any], ...] = ()
+    validation: dict[str, Any] | None = None  # status.canary.validation once the gate has run
+    cause: str = ""  # the Reason of a rollback (LoadFailed, CanaryAnalysisFailed, ValidationFailed, Aborted)
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ def _surge(obs: Observation, rollout: RolloutSpec) -> int:
 
 
 def _rolling_back(state: CanaryState, reason: str, message: str, obs: Observation) -> Decision:
-    st = dataclasses.replace(state, phase=Phase.ROLLING_BACK, reason=message, paused_from=None)
+    st = dataclasses.replace(state, phase=Phase.ROLLING_BACK, reason=message, paused_from=None, cause=reason)
     return Decision(st, obs.desired_replicas, 0, True,
                     events=((("Warning", reason, f"rolling back revision {state.revision}: {message}")),))
 
@@ -192,6 +195,7 @@ def _validating(state: CanaryState, rollout: RolloutSpec, obs: Observation) -> D
     if obs.validation is None:
         return Decision(state, stable, canary, False, run_validation=obs.canary_ready >= 1)
     passed, message = obs.validation
+    state = dataclasses.replace(state, validation={"verdict": "Passed" if passed else "Failed", "message": message})
     if not passed:
         return _rolling_back(state, Reason.VALIDATION_FAILED, f"validation failed: {message}", obs)
     st = dataclasses.replace(state, phase=Phase.PROGRESSING, step=0, step_started_at=None)
@@ -252,7 +256,7 @@ def _analyse(st: CanaryState, rollout: RolloutSpec, obs: Observation,
     failures = st.failures + 1 if result.verdict == Verdict.FAIL else (0 if result.verdict == Verdict.PASS
                                                                         else st.failures)
     passes = st.passes_in_step + (1 if result.verdict == Verdict.PASS else 0)
-    analyses = (*st.analyses, result.to_dict(at))[-MAX_ANALYSES_KEPT:]
+    analyses = (*st.analyses, {**result.to_dict(at), "step": st.step})[-MAX_ANALYSES_KEPT:]
     new = dataclasses.replace(st, last_analysis_at=now, last_canary=canary_now, last_stable=stable_now,
                               failures=failures, passes_in_step=passes, analyses=analyses)
     kind = "Warning" if result.verdict == Verdict.FAIL else "Normal"
@@ -260,17 +264,28 @@ def _analyse(st: CanaryState, rollout: RolloutSpec, obs: Observation,
                                         f"({int(result.requests)} requests)")
 
 
-def to_status(state: CanaryState, decision_weight: float) -> dict[str, Any]:
+def _without_none(d: dict[str, Any]) -> dict[str, Any]:
+    """The API server drops nulls of non-nullable fields: leaving them out keeps status comparable."""
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def to_status(state: CanaryState, decision: Decision | None = None) -> dict[str, Any]:
     """status.canary: what users read, plus what a restarted operator needs to continue."""
-    return {
+    live = decision is not None and state.phase not in DONE
+    return _without_none({
         "phase": state.phase, "revision": state.revision, "stableRevision": state.stable,
-        "step": state.step, "weight": round(decision_weight), "startedAt": rfc3339(state.started_at, micro=True),
+        "step": state.step, "weight": round(decision.weight) if live and decision else None,
+        "canaryReplicas": decision.canary_replicas if live and decision else None,
+        "stableReplicas": decision.stable_replicas if live and decision else None,
+        "startedAt": rfc3339(state.started_at, micro=True),
         "stepStartedAt": rfc3339(state.step_started_at, micro=True),
         "lastAnalysisAt": rfc3339(state.last_analysis_at, micro=True),
         "failures": state.failures, "passesInStep": state.passes_in_step, "pausedFrom": state.paused_from,
-        "reason": state.reason, "analyses": list(state.analyses),
+        "paused": state.phase == Phase.PAUSED, "message": state.reason or None, "rollbackReason": state.cause or None,
+        "analyses": [_without_none(a) for a in state.analyses],
+        "validation": state.validation,
         "lastSample": {"canary": state.last_canary.to_dict(), "stable": state.last_stable.to_dict()},
-    }
+    })
 
 
 def from_status(d: dict[str, Any] | None) -> CanaryState | None:
@@ -285,4 +300,5 @@ def from_status(d: dict[str, Any] | None) -> CanaryState | None:
         last_analysis_at=parse_rfc3339(d.get("lastAnalysisAt")),
         last_canary=Counters.from_dict(sample.get("canary")), last_stable=Counters.from_dict(sample.get("stable")),
         failures=int(d.get("failures", 0)), passes_in_step=int(d.get("passesInStep", 0)),
-        paused_from=d.get("pausedFrom"), reason=d.get("reason", ""), analyses=tuple(d.get("analyses") or ()))
+        paused_from=d.get("pausedFrom"), reason=d.get("message", ""), analyses=tuple(d.get("analyses") or ()),
+        validation=d.get("validation"), cause=d.get("rollbackReason", ""))

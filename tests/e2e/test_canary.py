@@ -1,0 +1,185 @@
+"""Canary rollouts on real Triton pods, judged on their own metrics, with a client sending all along.
+
+A good version is promoted through every step with zero failed client requests, even though the
+operator is killed at every step; a version that fails a share of requests and one that is much
+slower are rolled back on their own, and the failures clients saw stay within the first step.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import service_answers
+from tests.support import operator as op
+from tests.support.cluster import ClusterHandle, wait_for
+from tests.support.load import Load
+
+pytestmark = pytest.mark.e2e
+
+NS = "canary-e2e"
+NAME = "digits"
+STEPS = [{"weight": 34, "pause": "6s"}, {"weight": 67, "pause": "6s"}]
+
+# A "new version" that answers most requests but fails a share of them, or answers slowly.
+BAD_MODEL_PY = '''
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FAIL_EVERY = {fail_every}
+DELAY_S = {delay}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.n = 0
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            self.n += 1
+            if DELAY_S:
+                time.sleep(DELAY_S)
+            if FAIL_EVERY and self.n % FAIL_EVERY == 0:
+                out.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("injected failure")))
+                continue
+            x = pb_utils.get_input_tensor_by_name(r, "input_0").as_numpy()
+            y = np.zeros((x.shape[0], 10), np.float32)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("output_0", y)]))
+        return out
+'''
+
+BAD_CONFIG = '''name: "digits"
+backend: "python"
+max_batch_size: 32
+input [ { name: "input_0" data_type: TYPE_FP32 dims: [ 1, 8, 8 ] } ]
+output [ { name: "output_0" data_type: TYPE_FP32 dims: [ 10 ] } ]
+'''
+
+
+def _spec(version: str, uri: str, fmt: str = "onnx") -> dict[str, Any]:
+    return {"apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": NAME},
+            "spec": {"model": {"name": "digits", "version": version,
+                               "source": {"uri": uri, "credentialsSecret": "s3-creds"}, "format": fmt,
+                               "maxBatchSize": 32},
+                     "serving": {"gpus": 1, "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                                          "limits": {"memory": "2Gi"}}},
+                     "replicas": 3,
+                     "rollout": {"strategy": "Canary", "maxSurgeGpus": 0, "steps": STEPS,
+                                 "analysis": {"interval": "3s", "minRequests": 20, "maxErrorRate": 0.02,
+                                              "maxLatencyRatio": 3.0, "failureLimit": 2}}}}
+
+
+def _md(tc: ClusterHandle) -> dict[str, Any]:
+    return tc.kubectl_json("get", "modeldeployment", NAME, "-n", NS)
+
+
+def _events(tc: ClusterHandle, reason: str) -> list[str]:
+    items = tc.kubectl_json("get", "events", "-n", NS)["items"]
+    return [e["message"] for e in items if e["involvedObject"].get("name") == NAME and e["reason"] == reason]
+
+
+def _deployments(tc: ClusterHandle) -> list[str]:
+    items = tc.kubectl_json("get", "deployments", "-n", NS, "-l", f"modeldeploy.io/name={NAME}")["items"]
+    return sorted(d["metadata"]["name"] for d in items if not d["metadata"].get("deletionTimestamp"))
+
+
+def _upload_bad(stack: dict[str, Any], key: str, fail_every: int, delay: float) -> str:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in {"digits/config.pbtxt": BAD_CONFIG,
+                           "digits/1/model.py": BAD_MODEL_PY.format(fail_every=fail_every, delay=delay)}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    uri = f"s3://models/digits/{key}/model.tar.gz"
+    stack["store"].put(uri, buf.getvalue())
+    return uri
+
+
+def _kill_operator(tc: ClusterHandle) -> None:
+    tc.kubectl("delete", "pod", "-n", op.SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=modeldeploy",
+               "--grace-period=0", "--force", "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def serving(real_cluster: ClusterHandle, stack: dict[str, Any]) -> str:
+    """Version 1 serving on three pods; the Service's address."""
+    real_cluster.apply(_spec("1", "s3://models/digits/1/model.onnx"), NS)
+    wait_for(lambda: _md(real_cluster).get("status", {}).get("phase") == "Ready"
+             and _md(real_cluster)["status"].get("readyReplicas") == 3, 300, interval=1, message="v1 serving")
+    ip = real_cluster.kubectl_json("get", "service", NAME, "-n", NS)["spec"]["clusterIP"]
+    url = f"{ip}:8000"
+    wait_for(lambda: service_answers(url), 30, interval=0.5, message="the Service answers")
+    return url
+
+
+def test_good_version_is_promoted_through_every_step_despite_operator_kills(
+        real_cluster: ClusterHandle, serving: str) -> None:
+    before = _md(real_cluster)["status"]["stableRevision"]
+    seen_steps: list[int] = []
+    max_deployments = 0
+    with Load(serving, senders=3, pause=0.02) as load:
+        time.sleep(2)
+        real_cluster.apply(_spec("2", "s3://models/digits/2/model.onnx"), NS)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            st = _md(real_cluster).get("status", {})
+            can = st.get("canary") or {}
+            max_deployments = max(max_deployments, len(_deployments(real_cluster)))
+            if can.get("phase") == "Progressing" and can.get("stepStartedAt") and can.get("step") not in seen_steps:
+                seen_steps.append(can["step"])
+                _kill_operator(real_cluster)  # at every step: the new operator must continue, not restart
+            if st.get("stableRevision") != before and st.get("phase") == "Ready":
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"not promoted in time: {_md(real_cluster).get('status')}")
+    st = _md(real_cluster)["status"]
+    assert st["canary"]["phase"] == "Promoted" and st["canary"]["revision"] == st["stableRevision"]
+    assert seen_steps == [0, 1]
+    assert max_deployments <= 2, "never more than the stable and the canary Deployment"
+    reached = _events(real_cluster, "CanaryStepReached")
+    assert sorted(m.split(":")[0] for m in reached) == ["step 1/2", "step 2/2"], reached  # none lost or repeated
+    assert len(_events(real_cluster, "CanaryPromoted")) == 1
+    assert load.ok > 200 and load.failed == [], load.failed[:3]
+    wait_for(lambda: len(_deployments(real_cluster)) == 1, 60, interval=1, message="the old revision retired")
+
+
+@pytest.mark.parametrize(("key", "fail_every", "delay", "why"), [
+    ("erroring", 4, 0.0, "error rate"),
+    ("slow", 0, 0.08, "latency"),
+], ids=["erroring", "slow"])
+def test_bad_version_is_rolled_back_automatically(real_cluster: ClusterHandle, stack: dict[str, Any], serving: str,
+                                                  key: str, fail_every: int, delay: float, why: str) -> None:
+    stable = _md(real_cluster)["status"]["stableRevision"]
+    uri = _upload_bad(stack, key, fail_every, delay)
+    with Load(serving, senders=3, pause=0.02) as load:
+        time.sleep(2)
+        ok_before, failed_before = load.ok, len(load.failed)
+        real_cluster.apply(_spec(f"bad-{key}", uri, fmt="python"), NS)
+        wait_for(lambda: (_md(real_cluster)["status"].get("canary") or {}).get("phase") == "RolledBack", 240,
+                 interval=1, message=f"{key} canary rolled back")
+        wait_for(lambda: _md(real_cluster)["status"].get("readyReplicas") == 3, 120, interval=1,
+                 message="the stable revision back on every pod")
+        time.sleep(3)
+        during = (load.ok - ok_before) + (len(load.failed) - failed_before)
+        failed = len(load.failed) - failed_before
+    st = _md(real_cluster)["status"]
+    assert st["stableRevision"] == stable and st["failedRevision"] == st["canary"]["revision"]
+    assert st["canary"]["rollbackReason"] == "CanaryAnalysisFailed" and why in st["canary"]["message"]
+    assert max(a.get("step", 0) for a in st["canary"]["analyses"]) == 0, "rolled back within the first step"
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Degraded"]["status"] == "True" and conds["Degraded"]["reason"] == "CanaryAnalysisFailed"
+    assert st["phase"] == "Degraded"
+    # What clients saw: at most the first step's share of traffic went to the bad version.
+    assert during > 100
+    assert failed / during <= STEPS[0]["weight"] / 100, (failed, during, load.failed[:3])
+    assert _events(real_cluster, "CanaryRolledBack"), "a Warning event says why"
