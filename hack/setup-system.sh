@@ -8,6 +8,7 @@ packages=(
   gcc libc6-dev                                        # the pause image (a static C binary)
   debootstrap                                          # base image without a registry
   libpython3.11                                        # Triton's python backend stub
+  prometheus                                           # the PromQL metrics-source tests run their own server
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -23,5 +24,8 @@ log="$(mktemp -t md-apt.XXXXXX.log)"
 if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
        --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
   cat "$log"; echo "apt-get failed (log: $log)" >&2; exit 1
+fi
+if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+  $SUDO systemctl disable --now prometheus >>"$log" 2>&1 || true  # Debian starts a daemon on :9090; not wanted
 fi
 echo "installed ${#missing[@]} package(s) (log: $log)"

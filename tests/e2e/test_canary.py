@@ -44,8 +44,8 @@ class TritonPythonModel:
             if DELAY_S:
                 time.sleep(DELAY_S)
             if FAIL_EVERY and self.n % FAIL_EVERY == 0:
-                out.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("injected failure")))
-                continue
+                # Raised, not returned: Triton counts only a raised error as a failed request.
+                raise pb_utils.TritonModelException("injected failure")
             x = pb_utils.get_input_tensor_by_name(r, "input_0").as_numpy()
             y = np.zeros((x.shape[0], 10), np.float32)
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("output_0", y)]))

@@ -30,7 +30,9 @@ def _spec(version: str, uri: str, replicas: int = 1) -> dict[str, Any]:
                      "serving": {"gpus": 1, "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                                                           "limits": {"memory": "2Gi"}}},
                      "replicas": replicas,
-                     "rollout": {"maxSurgeGpus": 1}}}
+                     # A version change is a canary: one short step judged on 3 s windows.
+                     "rollout": {"maxSurgeGpus": 1, "steps": [{"weight": 50, "pause": "3s"}],
+                                 "analysis": {"interval": "3s", "minRequests": 10, "maxLatencyRatio": 3.0}}}}
 
 
 def _md(tc: ClusterHandle) -> dict[str, Any]:

@@ -37,8 +37,8 @@ class World:
 
     observed: dict[str, RevisionState]
     error_rate: float = 0.0
-    canary: Counters = Counters()
-    stable: Counters = Counters()
+    canary: Counters = dataclasses.field(default_factory=Counters)
+    stable: Counters = dataclasses.field(default_factory=Counters)
 
     def act(self, plan: canary_plan.CanaryPlan, seconds: float) -> None:
         self.observed = {rev: rs(rev, n, n) for rev, n in plan.plan.replicas.items() if rev not in plan.plan.retire}
@@ -46,8 +46,8 @@ class World:
         s = self.observed.get("old", rs("old", 0, 0)).ready * 5 * seconds
         if plan.main_service_revision is not None:
             c = 0
-        self.canary = Counters(self.canary.success + c * (1 - self.error_rate), self.canary.failure + c * self.error_rate,
-                               self.canary.duration_us + c * 1000)
+        self.canary = Counters(self.canary.success + c * (1 - self.error_rate),
+                               self.canary.failure + c * self.error_rate, self.canary.duration_us + c * 1000)
         self.stable = Counters(self.stable.success + s, 0, self.stable.duration_us + s * 1000)
 
 
@@ -73,7 +73,7 @@ def drive(world: World, rollout: RolloutSpec = ROLLOUT, ticks: int = 60, restart
 
 
 def test_good_canary_is_promoted_step_by_step_and_the_old_revision_retired() -> None:
-    plans, st = drive(World({"old": rs("old", 10, 10)}))
+    plans, _ = drive(World({"old": rs("old", 10, 10)}))
     last = plans[-1]
     assert last.plan.promoted and last.plan.stable == "new" and "old" in last.plan.retire
     weights = [round(p.decision.weight) for p in plans if p.decision]
@@ -167,7 +167,7 @@ def test_metrics_are_read_only_when_an_analysis_needs_them(phase: str, started: 
 
 
 def test_status_conditions_name_a_rollback_by_its_cause() -> None:
-    plans, st = drive(World({"old": rs("old", 10, 10)}, error_rate=0.2))
+    plans, _ = drive(World({"old": rs("old", 10, 10)}, error_rate=0.2))
     last = plans[-1]
     computed = status.compute(status.StatusInput(
         name="m", namespace="ns", model_name="m", generation=2, current="new", desired_replicas=10, plan=last.plan,

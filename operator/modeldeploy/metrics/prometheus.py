@@ -66,8 +66,11 @@ def build_query(namespace: str, pods: Iterable[str], model: str) -> str:
     selector gives the sample's own time (one metric name only: timestamp() drops the name, so
     several names would collide). `or` keeps both sides: their label sets never match.
     """
+    pod_names = sorted(set(pods))
+    if not pod_names:
+        raise ValueError("build_query needs at least one pod: pod=~\"\" would match series without a pod label")
     names = "|".join(regex_escape(n) for n in (*TRITON_FIELDS, GPU_UTILIZATION))
-    pod_re = "|".join(regex_escape(p) for p in sorted(set(pods)))
+    pod_re = "|".join(regex_escape(p) for p in pod_names)
     target = f"namespace={promql_string(namespace)},pod=~{promql_string(pod_re)}"
     # model="" matches series without the label: the GPU gauges, which belong to the pod.
     values = f"{{__name__=~{promql_string(names)},{target},model=~{promql_string(regex_escape(model) + '|')}}}"
@@ -114,8 +117,8 @@ def parse_response(payload: object, namespace: str, pods: Iterable[str], model: 
         if name == SAMPLE_TIME:
             scraped[pod] = (at, value)  # one per pod: the query takes the max over its series
         elif name == GPU_UTILIZATION:
-            uuid = labels.get("gpu_uuid", "")
-            gpus.setdefault(pod, {})[uuid] = max(value, gpus.get(pod, {}).get(uuid, value))
+            per_gpu, uuid = gpus.setdefault(pod, {}), labels.get("gpu_uuid", "")
+            per_gpu[uuid] = max(value, per_gpu.get(uuid, value))
         elif name in TRITON_FIELDS and labels.get("model") == model:
             key = (name, *(labels.get(label, "") for label in _SERIES_LABELS))
             series = counters.setdefault(pod, {})

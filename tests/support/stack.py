@@ -1,0 +1,40 @@
+"""The serving stack on a real-node cluster: images loaded, MinIO with the digits model, the chart
+installed, a restricted namespace with the S3 credentials. Shared by the e2e tier and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from localcluster import cluster as lc
+from localcluster import objectstore
+from tests.support import operator as op
+from tests.support.cluster import ClusterHandle
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def prepare(tc: ClusterHandle, namespace: str, *chart_values: str) -> objectstore.Store:
+    """Everything a ModelDeployment of the digits model needs in `namespace`; returns the store."""
+    cfg = tc.local
+    assert cfg is not None, "the serving stack runs on the local cluster's real node"
+    archives = subprocess.run([str(ROOT / "hack" / "images" / "ensure.sh")], check=True, capture_output=True,
+                              text=True).stdout.split()
+    for archive in archives:
+        lc.load_image(lc.effective(cfg), ROOT / archive)
+    store = objectstore.up(cfg)
+    for version in ("1", "2"):
+        subprocess.run([sys.executable, str(ROOT / "hack" / "demo_digits.py"), "publish", "--cluster", cfg.name,
+                        "--version", version], check=True, capture_output=True)
+    op.install_chart(tc, "image.repository=localhost/modeldeploy-operator", "image.tag=dev",
+                     "servingImage=localhost/modeldeploy-triton-cpu:dev", "resyncSeconds=5", "logLevel=INFO",
+                     *chart_values)
+    tc.kubectl("rollout", "status", "deployment/modeldeploy", "-n", op.SYSTEM_NAMESPACE, "--timeout=120s")
+    tc.kubectl("create", "namespace", namespace)
+    tc.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"},
+              "stringData": store.secret_data()}
+    tc.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(secret))
+    return store
