@@ -91,11 +91,15 @@ class Autoscaler:
         values: list[float | None] = []
         for pod in ready:
             metrics = scraped.get(pod)
+            at = metrics.sampled_at if metrics is not None and metrics.sampled_at is not None else now
             before = self._last.get((ns, name, pod))
+            if metrics is not None and before is not None and at <= before[0]:
+                values.append(None)  # the same sample again (Prometheus has not scraped since): no news
+                continue
             values.append(pod_value(auto.metric, metrics, before[1] if before else None,
-                                    now - before[0] if before else 0.0))
+                                    at - before[0] if before else 0.0))
             if metrics is not None:
-                self._last[(ns, name, pod)] = (now, metrics)
+                self._last[(ns, name, pod)] = (at, metrics)
         window = [s for s in self._samples.get((ns, name), []) if now - s.at <= auto.stable_window]
         if values:
             window.append(Sample(now, tuple(values)))

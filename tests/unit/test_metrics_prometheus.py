@@ -6,6 +6,7 @@ tests/integration/test_prometheus_source.py runs the real Prometheus against a r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -111,26 +112,37 @@ def test_a_query_for_no_pods_is_refused() -> None:
         build_query("ns1", [], "m")
 
 
+def parse(payload: object, namespace: str, pods: list[str], model: str, max_age: float) -> dict[str, object]:
+    """parse_response with each pod's sample time checked apart (see test_the_sample_time_is_kept)."""
+    got = parse_response(payload, namespace, pods, model, max_age)
+    return {pod: None if m is None else dataclasses.replace(m, sampled_at=None) for pod, m in got.items()}
+
+
+def test_the_sample_time_is_kept() -> None:
+    got = parse_response(answer(*digits_pod("pod-a"), sampled("pod-a", 3)), "ns1", ["pod-a"], "digits", 60)
+    assert got["pod-a"] is not None and got["pod-a"].sampled_at == NOW - 3
+
+
 # -- parsing the answer ------------------------------------------------------------------------------------------------
 
 
 def test_counters_are_summed_over_versions_and_reasons() -> None:
-    got = parse_response(answer(*digits_pod("pod-a"), sampled("pod-a", 3)), "ns1", ["pod-a"], "digits", 60)
+    got = parse(answer(*digits_pod("pod-a"), sampled("pod-a", 3)), "ns1", ["pod-a"], "digits", 60)
     assert got == {"pod-a": DIGITS}
     assert got["pod-a"] is not None and got["pod-a"].requests == 104
 
 
 def test_a_pod_scraped_by_two_jobs_counts_once() -> None:
     result = [*digits_pod("pod-a", job="podmonitor"), *digits_pod("pod-a", job="servicemonitor"), sampled("pod-a", 1)]
-    assert parse_response(answer(*result), "ns1", ["pod-a"], "digits", 60) == {"pod-a": DIGITS}
+    assert parse(answer(*result), "ns1", ["pod-a"], "digits", 60) == {"pod-a": DIGITS}
 
 
 def test_a_pod_without_series_is_missing_not_zero() -> None:
     result = [*digits_pod("pod-a"), sampled("pod-a", 1),
               series("nv_gpu_utilization", 0.1, "pod-b", gpu_uuid="GPU-9"), sampled("pod-b", 1)]  # model not loaded
-    got = parse_response(answer(*result), "ns1", ["pod-a", "pod-b", "pod-c"], "digits", 60)
+    got = parse(answer(*result), "ns1", ["pod-a", "pod-b", "pod-c"], "digits", 60)
     assert got == {"pod-a": DIGITS, "pod-b": None, "pod-c": None}
-    assert parse_response(answer(), "ns1", ["pod-a"], "digits", 60) == {"pod-a": None}
+    assert parse(answer(), "ns1", ["pod-a"], "digits", 60) == {"pod-a": None}
 
 
 def test_other_models_namespaces_and_pods_are_ignored() -> None:
@@ -141,24 +153,24 @@ def test_other_models_namespaces_and_pods_are_ignored() -> None:
         series("nv_inference_request_success", 1000, "pod-z", model="digits", version="1"), sampled("pod-z", 1),
         series("nv_inference_request_summary_us_count", 1000, "pod-a", model="digits", version="1"),
     ]
-    assert parse_response(answer(*result), "ns1", ["pod-a"], "digits", 60) == {"pod-a": DIGITS}
+    assert parse(answer(*result), "ns1", ["pod-a"], "digits", 60) == {"pod-a": DIGITS}
 
 
 def test_stale_samples_are_dropped() -> None:
     result = [*digits_pod("fresh"), sampled("fresh", 29), *digits_pod("dead"), sampled("dead", 31)]
-    got = parse_response(answer(*result), "ns1", ["fresh", "dead"], "digits", max_age=30)
+    got = parse(answer(*result), "ns1", ["fresh", "dead"], "digits", max_age=30)
     assert got == {"fresh": DIGITS, "dead": None}
 
 
 def test_a_pod_without_a_sample_time_is_missing() -> None:
-    assert parse_response(answer(*digits_pod("pod-a")), "ns1", ["pod-a"], "digits", 60) == {"pod-a": None}
+    assert parse(answer(*digits_pod("pod-a")), "ns1", ["pod-a"], "digits", 60) == {"pod-a": None}
 
 
 def test_a_pod_without_gpus_has_no_utilization_and_nan_is_skipped() -> None:
     result = [series("nv_inference_request_success", 5, model="m", version="1"),
               series("nv_inference_request_failure", "NaN", model="m", version="1", reason="OTHER"),
               sampled("pod-a", 0)]
-    assert parse_response(answer(*result), "ns1", ["pod-a"], "m", 60) == {"pod-a": TritonMetrics(success=5)}
+    assert parse(answer(*result), "ns1", ["pod-a"], "m", 60) == {"pod-a": TritonMetrics(success=5)}
 
 
 @pytest.mark.parametrize("payload", [
@@ -228,7 +240,7 @@ def api() -> Iterator[FakeApi]:
 def test_one_post_per_call_with_the_query_in_the_body(api: FakeApi) -> None:
     api.reply(answer(*digits_pod("pod-a"), sampled("pod-a", 2)))
     got = pod_metrics(api.url + "/prom/", "ns1", ["pod-a", "pod-b"], "digits", timeout=2, max_age=60)
-    assert got == {"pod-a": DIGITS, "pod-b": None}
+    assert got == {"pod-a": dataclasses.replace(DIGITS, sampled_at=NOW - 2), "pod-b": None}
     [(method, path, headers, body)] = api.requests
     assert (method, path) == ("POST", "/prom/api/v1/query")
     form = urllib.parse.parse_qs(body.decode())
@@ -311,7 +323,8 @@ def test_metrics_url_brackets_ipv6() -> None:
 def test_prometheus_source_answers_by_pod_name(api: FakeApi) -> None:
     api.reply(answer(*digits_pod("pod-a"), sampled("pod-a", 1)))
     source: MetricsSource = PrometheusSource(api.url, timeout=1.0, max_age=30)
-    assert source.pods("ns1", {"pod-a": "10.0.0.1", "pod-b": "10.0.0.2"}, "digits") == {"pod-a": DIGITS, "pod-b": None}
+    timed = dataclasses.replace(DIGITS, sampled_at=NOW - 1)
+    assert source.pods("ns1", {"pod-a": "10.0.0.1", "pod-b": "10.0.0.2"}, "digits") == {"pod-a": timed, "pod-b": None}
 
 
 def test_settings_pick_the_source() -> None:

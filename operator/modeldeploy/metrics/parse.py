@@ -32,6 +32,9 @@ class TritonMetrics:
     compute_duration_us: float = 0.0
     pending: float = 0.0
     gpu_utilization: float | None = None  # 0..1 averaged over the pod's GPUs; None without GPUs
+    # When the values were taken, on the source's clock (Prometheus: the scrape's time); None: just now.
+    # Rates divide by the time between samples, not between reads: a read may return the same sample.
+    sampled_at: float | None = None
 
     @property
     def requests(self) -> float:

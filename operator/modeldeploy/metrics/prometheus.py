@@ -138,7 +138,8 @@ def parse_response(payload: object, namespace: str, pods: Iterable[str], model: 
         for (name, *_), value in counters[pod].items():
             fields[TRITON_FIELDS[name]] = fields.get(TRITON_FIELDS[name], 0.0) + value
         gpu = gpus.get(pod)
-        out[pod] = TritonMetrics(**fields, gpu_utilization=sum(gpu.values()) / len(gpu) if gpu else None)
+        out[pod] = TritonMetrics(**fields, gpu_utilization=sum(gpu.values()) / len(gpu) if gpu else None,
+                                 sampled_at=sampled)
     return out
 
 
