@@ -44,9 +44,10 @@ cp -a "$triton_root/tritonserver/caches" "$ctx/opt/tritonserver/caches"
 cp "$here/triton-serve.sh" "$ctx/triton-serve.sh"
 mkdir -p "$cache/wheels"
 log "wheelhouse (numpy<2: the python backend stub fails every request with numpy 2)"
+# tritonclient[http]: the canary validation Job (python -m modeldeploy.loader.validate) runs from this image
 "$py" -m pip download -q --only-binary=:all: --python-version 3.11 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d "$cache/wheels" "numpy>=1.26,<2" "onnxruntime>=1.18,<2" "onnx>=1.16,<2"
+  -d "$cache/wheels" "numpy>=1.26,<2" "onnxruntime>=1.18,<2" "onnx>=1.16,<2" "tritonclient[http]>=2.50,<3"
 cp "$cache/wheels"/*.whl "$ctx/wheels/"
 "$py" -m pip wheel -q --no-deps --no-build-isolation -w "$ctx/wheels" "$root" >/dev/null
 if [ "$context_only" = 1 ]; then echo "$ctx"; exit 0; fi
@@ -68,7 +69,8 @@ tar --numeric-owner -C "$rootfs" -xf "$base"
 cp -a "$ctx/opt/tritonserver" "$rootfs/opt/tritonserver"
 site=$rootfs/usr/local/lib/python3.11/dist-packages
 "$py" -m pip install -q --no-index --find-links "$ctx/wheels" --only-binary=:all: --python-version 3.11 \
-  --implementation cp --target "$site" "numpy>=1.26,<2" "onnxruntime>=1.18,<2" "onnx>=1.16,<2"
+  --implementation cp --target "$site" "numpy>=1.26,<2" "onnxruntime>=1.18,<2" "onnx>=1.16,<2" \
+  "tritonclient[http]>=2.50,<3"
 rm -rf "$site/bin"
 "$py" -m pip install -q --no-index --no-deps --target "$site" "$ctx"/wheels/modeldeploy-*.whl
 rm -rf "$site/bin"

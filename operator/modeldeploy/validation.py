@@ -10,6 +10,7 @@ Finished Jobs go away by ttlSecondsAfterFinished, and with their ModelDeployment
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -166,10 +167,8 @@ class Validator:
         annotations = job["metadata"].get("annotations") or {}
         if annotations.get(ANNOTATION_FINGERPRINT) != fingerprint(spec):
             log.info("%s/%s: validation settings changed; replacing Job %s", namespace, meta["name"], name)
-            try:
+            with contextlib.suppress(Conflict, NotFound):  # gone or replaced meanwhile: the next pass sees it
                 self.kube.delete("Job", namespace, name, uid=job["metadata"].get("uid"))
-            except (Conflict, NotFound):
-                pass
             return None
         if _condition(job, "Complete") is None and _condition(job, "Failed") is None:
             return None
