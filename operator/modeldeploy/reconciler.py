@@ -61,12 +61,16 @@ def manual_command(annotations: Mapping[str, str]) -> str | None:
 
 def revision_counters(source: MetricsSource, pods: list[dict[str, Any]], revision: str, model: str,
                       namespace: str) -> Counters | None:
-    """One revision's request counters summed over its ready pods; None if any pod cannot be read."""
+    """One revision's request counters summed over its ready pods; None if any of them cannot be read.
+
+    A revision without ready pods served nothing: zero counters (the analysis then has no stable
+    yardstick, or too few canary requests for a verdict), not missing data.
+    """
     ready = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods
              if p["metadata"].get("labels", {}).get(constants.LABEL_REVISION) == revision
              and observe.pod_ready(p) and p.get("status", {}).get("podIP")}
     if not ready:
-        return None
+        return Counters()
     scraped = source.pods(namespace, ready, model)
     if any(m is None for m in scraped.values()) or len(scraped) != len(ready):
         return None

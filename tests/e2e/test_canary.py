@@ -87,6 +87,13 @@ def _deployments(tc: ClusterHandle) -> list[str]:
     return sorted(d["metadata"]["name"] for d in items if not d["metadata"].get("deletionTimestamp"))
 
 
+def _main_service_pods(tc: ClusterHandle) -> set[str]:
+    """Pods the Service `<name>` sends live traffic to (ready endpoints)."""
+    slices = tc.kubectl_json("get", "endpointslices", "-n", NS, "-l", f"kubernetes.io/service-name={NAME}")
+    return {ep.get("targetRef", {}).get("name", "") for s in slices["items"] for ep in s.get("endpoints") or []
+            if ep.get("conditions", {}).get("ready")}
+
+
 def _upload_bad(stack: dict[str, Any], key: str, fail_every: int, delay: float) -> str:
     import io
     import tarfile
@@ -183,3 +190,31 @@ def test_bad_version_is_rolled_back_automatically(real_cluster: ClusterHandle, s
     assert during > 100
     assert failed / during <= STEPS[0]["weight"] / 100, (failed, during, load.failed[:3])
     assert _events(real_cluster, "CanaryRolledBack"), "a Warning event says why"
+
+
+def test_version_failing_validation_never_gets_live_traffic(real_cluster: ClusterHandle, stack: dict[str, Any],
+                                                            serving: str) -> None:
+    stable = _md(real_cluster)["status"]["stableRevision"]
+    uri = _upload_bad(stack, "zeros", 0, 0.0)  # answers every request, always with class 0
+    spec = _spec("bad-zeros", uri, fmt="python")
+    spec["spec"]["rollout"]["validation"] = {"datasetUri": "s3://models/digits/validation.npz", "minAccuracy": 0.9}
+    in_main_service: set[str] = set()
+    with Load(serving, senders=2, pause=0.02) as load:
+        real_cluster.apply(spec, NS)
+        deadline = time.monotonic() + 300
+        while (_md(real_cluster)["status"].get("canary") or {}).get("phase") != "RolledBack":
+            assert time.monotonic() < deadline, _md(real_cluster)["status"]
+            in_main_service |= _main_service_pods(real_cluster)
+            time.sleep(0.5)
+        time.sleep(2)
+    st = _md(real_cluster)["status"]
+    canary_pods = {p for p in in_main_service if p.startswith(f"{NAME}-{st['canary']['revision']}-")}
+    assert not canary_pods, f"the canary was in the main Service before its validation: {canary_pods}"
+    assert st["stableRevision"] == stable and st["canary"]["rollbackReason"] == "ValidationFailed"
+    assert st["canary"]["validation"]["verdict"] == "Failed"
+    assert "accuracy" in st["canary"]["validation"]["message"], st["canary"]["validation"]
+    assert not st["canary"].get("analyses"), "judged before any live traffic"
+    assert load.ok > 50 and load.failed == [], load.failed[:3]  # no client ever reached the canary
+    jobs = real_cluster.kubectl_json("get", "jobs", "-n", NS)["items"]
+    job = next(j for j in jobs if j["metadata"]["name"] == f"{NAME}-validate-{st['canary']['revision']}")
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"

@@ -219,3 +219,13 @@ def test_judge_orders_checks() -> None:
 
 def test_counter_reset_counts_from_zero() -> None:
     assert Counters(5, 1, 60).minus(Counters(100, 3, 900)) == Counters(5, 1, 60)
+
+
+@pytest.mark.parametrize(("desired", "weight", "pods"), [
+    (3, 34, 1), (3, 67, 2), (3, 99, 2), (3, 100, 3), (2, 50, 1), (1, 10, 1), (10, 10, 1), (10, 15, 2),
+    (10, 1, 1), (4, 25, 1), (4, 75, 3), (0, 50, 0), (5, 0, 0),
+])
+def test_canary_pods_round_to_the_nearest_pod_and_keep_a_stable_one(desired: int, weight: int, pods: int) -> None:
+    from modeldeploy.rollout.traffic import canary_pods
+
+    assert canary_pods(desired, weight) == pods

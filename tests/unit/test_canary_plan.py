@@ -186,3 +186,30 @@ def test_status_patch_removes_canary_keys_that_are_gone() -> None:
     assert status.status_patch(before, after) == {"canary": {"phase": "Progressing", "pausedFrom": None}}
     assert status.status_patch(after, after) == {}
     assert status.status_patch(after, {"canary": None}) == {"canary": None}
+
+
+class Source:
+    """A metrics source answering from a table (the boundary a unit test may fake)."""
+
+    def __init__(self, table: dict[str, object]) -> None:
+        self.table = table
+
+    def pods(self, namespace: str, pods: dict[str, str], model: str) -> dict[str, object]:
+        return {name: self.table.get(name) for name in pods}
+
+
+def _pod(name: str, rev: str, ready: bool = True) -> dict[str, object]:
+    return {"metadata": {"name": name, "labels": {"modeldeploy.io/revision": rev}},
+            "status": {"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": str(ready)}]}}
+
+
+def test_revision_counters_sum_ready_pods_and_refuse_partial_data() -> None:
+    from modeldeploy.metrics.parse import TritonMetrics
+    from modeldeploy.reconciler import revision_counters
+
+    pods = [_pod("a1", "a"), _pod("a2", "a"), _pod("a3", "a", ready=False), _pod("b1", "b")]
+    m = TritonMetrics(success=10, failure=1, request_duration_us=500)
+    got = revision_counters(Source({"a1": m, "a2": m, "a3": None}), pods, "a", "m", "ns")  # type: ignore[arg-type]
+    assert got == Counters(success=20, failure=2, duration_us=1000)
+    assert revision_counters(Source({"b1": None}), pods, "b", "m", "ns") is None  # type: ignore[arg-type]
+    assert revision_counters(Source({}), pods, "c", "m", "ns") == Counters()  # type: ignore[arg-type]

@@ -23,10 +23,14 @@ class Split:
 
 
 def canary_pods(desired: int, weight: int) -> int:
-    """Pods that carry `weight` percent: rounded up, at least one (a canary needs a pod to be judged)."""
+    """Pods that carry `weight` percent, to the nearest pod: at least one (a canary needs a pod to be
+    judged) and, below 100%, at most all but one (the stable revision is the yardstick)."""
     if weight <= 0 or desired <= 0:
         return 0
-    return min(desired, max(1, math.ceil(desired * weight / 100)))
+    if weight >= 100:
+        return desired
+    nearest = math.floor(desired * weight / 100 + 0.5)
+    return max(1, min(nearest, desired - 1)) if desired > 1 else 1
 
 
 def split(desired: int, weight: int, gpus_per_pod: int, max_surge_gpus: int) -> Split:
