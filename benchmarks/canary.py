@@ -18,11 +18,9 @@ is its documented configuration, not measured here.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,41 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "hack")]
 
 from tests.support import cluster as cluster_support  # noqa: E402
+from tests.support.bad_models import bad_digits_tarball  # noqa: E402
 from tests.support.cluster import ClusterHandle, wait_for  # noqa: E402
 from tests.support.load import Load  # noqa: E402
 from tests.support.stack import prepare  # noqa: E402
 
 NS = "bench-canary"
 NAME = "digits"
-
-ERRORING_MODEL = '''
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.n = 0
-
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            self.n += 1
-            if self.n % 4 == 0:
-                # Raised, not returned: Triton counts only a raised error as a failed request.
-                raise pb_utils.TritonModelException("injected failure")
-            x = pb_utils.get_input_tensor_by_name(r, "input_0").as_numpy()
-            y = np.zeros((x.shape[0], 10), np.float32)
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("output_0", y)]))
-        return out
-'''
-CONFIG = '''name: "digits"
-backend: "python"
-max_batch_size: 32
-input [ { name: "input_0" data_type: TYPE_FP32 dims: [ 1, 8, 8 ] } ]
-output [ { name: "output_0" data_type: TYPE_FP32 dims: [ 10 ] } ]
-'''
-
 
 def spec(version: str, uri: str, fmt: str, interval: float) -> dict[str, Any]:
     return {"apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": NAME},
@@ -79,17 +49,6 @@ def spec(version: str, uri: str, fmt: str, interval: float) -> dict[str, Any]:
                                  "steps": [{"weight": 34, "pause": "60s"}, {"weight": 67, "pause": "60s"}],
                                  "analysis": {"interval": f"{interval:g}s", "minRequests": 20, "maxErrorRate": 0.02,
                                               "maxLatencyRatio": 3.0, "failureLimit": 2}}}}
-
-
-def tarball() -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, text in {"digits/config.pbtxt": CONFIG, "digits/1/model.py": ERRORING_MODEL}.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def status(tc: ClusterHandle) -> dict[str, Any]:
@@ -143,7 +102,7 @@ def main() -> int:
     try:
         store = prepare(tc, NS)
         uri = "s3://models/digits/bench-erroring/model.tar.gz"
-        store.put(uri, tarball())
+        store.put(uri, bad_digits_tarball(fail_every=4))
         tc.apply(spec("1", "s3://models/digits/1/model.onnx", "onnx", args.interval), NS)
         wait_for(lambda: status(tc).get("phase") == "Ready" and status(tc).get("readyReplicas") == 3, 300,
                  interval=1, message="v1 serving")

@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.conftest import service_answers
 from tests.support import operator as op
+from tests.support.bad_models import bad_digits_tarball
 from tests.support.cluster import ClusterHandle, wait_for
 from tests.support.load import Load
 
@@ -22,43 +23,6 @@ pytestmark = pytest.mark.e2e
 NS = "canary-e2e"
 NAME = "digits"
 STEPS = [{"weight": 34, "pause": "6s"}, {"weight": 67, "pause": "6s"}]
-
-# A "new version" that answers most requests but fails a share of them, or answers slowly.
-BAD_MODEL_PY = '''
-import time
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-FAIL_EVERY = {fail_every}
-DELAY_S = {delay}
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.n = 0
-
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            self.n += 1
-            if DELAY_S:
-                time.sleep(DELAY_S)
-            if FAIL_EVERY and self.n % FAIL_EVERY == 0:
-                # Raised, not returned: Triton counts only a raised error as a failed request.
-                raise pb_utils.TritonModelException("injected failure")
-            x = pb_utils.get_input_tensor_by_name(r, "input_0").as_numpy()
-            y = np.zeros((x.shape[0], 10), np.float32)
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("output_0", y)]))
-        return out
-'''
-
-BAD_CONFIG = '''name: "digits"
-backend: "python"
-max_batch_size: 32
-input [ { name: "input_0" data_type: TYPE_FP32 dims: [ 1, 8, 8 ] } ]
-output [ { name: "output_0" data_type: TYPE_FP32 dims: [ 10 ] } ]
-'''
-
 
 def _spec(version: str, uri: str, fmt: str = "onnx") -> dict[str, Any]:
     return {"apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": NAME},
@@ -87,6 +51,17 @@ def _deployments(tc: ClusterHandle) -> list[str]:
     return sorted(d["metadata"]["name"] for d in items if not d["metadata"].get("deletionTimestamp"))
 
 
+def _rolled_back_version(tc: ClusterHandle) -> str | None:
+    """The spec's model version once the operator has rolled its canary back (an earlier rollback's
+    status.canary must not count for a newer spec)."""
+    md = _md(tc)
+    st = md.get("status", {})
+    can = st.get("canary") or {}
+    if st.get("observedGeneration") != md["metadata"]["generation"] or can.get("phase") != "RolledBack":
+        return None
+    return md["spec"]["model"]["version"] if st.get("failedRevision") == can.get("revision") else None
+
+
 def _main_service_pods(tc: ClusterHandle) -> set[str]:
     """Pods the Service `<name>` sends live traffic to (ready endpoints)."""
     slices = tc.kubectl_json("get", "endpointslices", "-n", NS, "-l", f"kubernetes.io/service-name={NAME}")
@@ -95,19 +70,8 @@ def _main_service_pods(tc: ClusterHandle) -> set[str]:
 
 
 def _upload_bad(stack: dict[str, Any], key: str, fail_every: int, delay: float) -> str:
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, text in {"digits/config.pbtxt": BAD_CONFIG,
-                           "digits/1/model.py": BAD_MODEL_PY.format(fail_every=fail_every, delay=delay)}.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     uri = f"s3://models/digits/{key}/model.tar.gz"
-    stack["store"].put(uri, buf.getvalue())
+    stack["store"].put(uri, bad_digits_tarball(fail_every, delay))
     return uri
 
 
@@ -172,8 +136,8 @@ def test_bad_version_is_rolled_back_automatically(real_cluster: ClusterHandle, s
         time.sleep(2)
         ok_before, failed_before = load.ok, len(load.failed)
         real_cluster.apply(_spec(f"bad-{key}", uri, fmt="python"), NS)
-        wait_for(lambda: (_md(real_cluster)["status"].get("canary") or {}).get("phase") == "RolledBack", 240,
-                 interval=1, message=f"{key} canary rolled back")
+        wait_for(lambda: _rolled_back_version(real_cluster) == f"bad-{key}", 240, interval=1,
+                 message=f"{key} canary rolled back")
         wait_for(lambda: _md(real_cluster)["status"].get("readyReplicas") == 3, 120, interval=1,
                  message="the stable revision back on every pod")
         time.sleep(3)
@@ -202,7 +166,7 @@ def test_version_failing_validation_never_gets_live_traffic(real_cluster: Cluste
     with Load(serving, senders=2, pause=0.02) as load:
         real_cluster.apply(spec, NS)
         deadline = time.monotonic() + 300
-        while (_md(real_cluster)["status"].get("canary") or {}).get("phase") != "RolledBack":
+        while _rolled_back_version(real_cluster) != "bad-zeros":
             assert time.monotonic() < deadline, _md(real_cluster)["status"]
             in_main_service |= _main_service_pods(real_cluster)
             time.sleep(0.5)

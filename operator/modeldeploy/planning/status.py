@@ -198,27 +198,18 @@ def compute(inp: StatusInput) -> dict[str, Any]:
 def status_patch(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     """The merge patch turning `previous` into `desired` (empty when nothing changed).
 
-    Keys we manage that disappeared become None so the merge patch removes them.
+    At the top level, keys other writers own (status.autoscaling) are left alone; inside an object
+    the operator owns whole (status.canary), keys it no longer sets become None and are removed.
     """
-    patch: dict[str, Any] = {}
+    return _merge_patch(previous, desired, remove_missing=False)
+
+
+def _merge_patch(previous: Mapping[str, Any], desired: Mapping[str, Any], *, remove_missing: bool) -> dict[str, Any]:
+    patch: dict[str, Any] = {k: None for k in previous if k not in desired} if remove_missing else {}
     for key, value in desired.items():
         before = previous.get(key)
         if isinstance(value, dict) and isinstance(before, dict):
-            nested = _nested_patch(before, value)
-            if nested:
-                patch[key] = nested
-        elif before != value:
-            patch[key] = value
-    return patch
-
-
-def _nested_patch(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """Inside an object the operator owns whole (status.canary), keys it no longer sets are removed."""
-    patch: dict[str, Any] = {k: None for k in previous if k not in desired}
-    for key, value in desired.items():
-        before = previous.get(key)
-        if isinstance(value, dict) and isinstance(before, dict):
-            nested = _nested_patch(before, value)
+            nested = _merge_patch(before, value, remove_missing=True)
             if nested:
                 patch[key] = nested
         elif before != value:
