@@ -10,7 +10,10 @@ LOCALCLUSTER := $(PY) -m localcluster --name $(CLUSTER)
 chart-crds: python
 	@$(PY) hack/sync_chart_crds.py
 
-.PHONY: images chart-crds help setup system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
+api-reference: python
+	@$(PY) hack/gen_api_reference.py
+
+.PHONY: images chart-crds api-reference help setup system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
 
 help:
 	@echo "make demo    set up everything, start a local cluster, run the operator"
