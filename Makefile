@@ -34,6 +34,7 @@ binaries: python
 	@$(STEP) "MinIO, the S3-compatible store (built once from the Go module proxy, cached)" hack/triton/build-minio.sh
 	@$(STEP) "Triton Inference Server (from the nvidia-pytriton wheel, cached)" hack/triton/fetch.sh
 	@$(STEP) "argocd CLI, to test the Argo CD health check (built once from the Go module proxy, cached)" hack/build-argocd.sh
+	@$(STEP) "Gateway API CRDs, to test the canary's HTTPRoute (from the Go module proxy, cached)" hack/fetch-gateway-api-crds.sh
 
 lint: python
 	@$(STEP) "ruff" .venv/bin/ruff check operator hack tests benchmarks

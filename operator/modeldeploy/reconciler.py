@@ -23,11 +23,15 @@ from .kube.client import Conflict, Kube, NotFound
 from .metrics.source import MetricsSource, source_from_settings
 from .planning import canary_plan, drift, observe, status, switch
 from .resources import Images, build_deployment, build_pdb, build_services, image_inputs
+from .resources.httproute import build_httproute
 from .rollout import canary
 from .rollout.analysis import Counters
+from .rollout.traffic import route_weight
 from .validation import Validator
 
 log = logging.getLogger(__name__)
+
+ROUTE_API_RECHECK_SECONDS = 60.0  # how long "is the Gateway API installed" is trusted
 
 
 @dataclass
@@ -95,6 +99,8 @@ class Reconciler:
         self._state: dict[tuple[str, str], str] = {}  # key -> "running" | "pending"
         self.metrics: MetricsSource = source_from_settings(settings)
         self.validator = Validator(kube, settings)
+        self._route_api: tuple[bool, float] | None = None  # (HTTPRoute API installed, when checked)
+        self._route_warned: set[str] = set()
 
     def images(self) -> Images:
         return Images(serving=self.settings.serving_image, loader=self.settings.loader_image,
@@ -174,6 +180,8 @@ class Reconciler:
 
         self._apply_revisions(md, spec, current, plan, observed, result)
         self._apply_services(md, spec, plan.stable or current, current, result, cplan.main_service_revision)
+        if spec.rollout.gateway_api.enabled:
+            self._apply_route(md, spec, cplan, result)
         for rev in plan.retire:
             state = observed[rev]
             self.kube.delete("Deployment", namespace, state.deployment, uid=state.uid)
@@ -289,6 +297,31 @@ class Reconciler:
                 self.kube.apply(obj)
                 if live is None:
                     result.decisions.append(("Created", f"created {obj['kind']} {obj['metadata']['name']}"))
+
+    def _apply_route(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, cplan: canary_plan.CanaryPlan,
+                     result: PassResult) -> None:
+        """The HTTPRoute `<name>` with the canary's weight, when the Gateway API is installed."""
+        meta = md["metadata"]
+        now = time.monotonic()
+        if self._route_api is None or now - self._route_api[1] > ROUTE_API_RECHECK_SECONDS:
+            self._route_api = (self.kube.kind_installed("HTTPRoute"), now)
+        if not self._route_api[0]:
+            if meta["uid"] not in self._route_warned:  # once per object and operator run, not every pass
+                self._route_warned.add(meta["uid"])
+                result.decisions.append(("GatewayAPIMissing", "spec.rollout.trafficRouting.gatewayAPI is enabled "
+                                         "but the HTTPRoute API is not installed: traffic splits by pod count"))
+            return
+        state = cplan.state
+        live = state is not None and state.phase not in canary.DONE
+        step_weight = spec.rollout.steps[min(state.step, len(spec.rollout.steps) - 1)].weight if state else 0
+        weight = 0 if not live or cplan.main_service_revision else route_weight(state.phase if state else None,
+                                                                                 step_weight)
+        desired = build_httproute(meta["name"], meta["namespace"], meta["uid"], spec.rollout.gateway_api.parent_refs,
+                                  weight)
+        live_route = self.kube.get_or_none("HTTPRoute", meta["namespace"], meta["name"])
+        if drift.needs_apply(desired, live_route):
+            self.kube.apply(desired)
+            result.decisions.append(("RouteUpdated", f"HTTPRoute {meta['name']}: canary weight {weight}%"))
 
     def _write_status(self, md: Mapping[str, Any], previous: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
         patch = status.status_patch(previous, desired)

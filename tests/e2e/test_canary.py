@@ -22,7 +22,8 @@ pytestmark = pytest.mark.e2e
 
 NS = "canary-e2e"
 NAME = "digits"
-STEPS = [{"weight": 34, "pause": "6s"}, {"weight": 67, "pause": "6s"}]
+STEPS = [{"weight": 25, "pause": "6s"}, {"weight": 50, "pause": "6s"}, {"weight": 75, "pause": "6s"}]
+REPLICAS = 4
 
 def _spec(version: str, uri: str, fmt: str = "onnx") -> dict[str, Any]:
     return {"apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": NAME},
@@ -31,7 +32,7 @@ def _spec(version: str, uri: str, fmt: str = "onnx") -> dict[str, Any]:
                                "maxBatchSize": 32},
                      "serving": {"gpus": 1, "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                                                           "limits": {"memory": "2Gi"}}},
-                     "replicas": 3,
+                     "replicas": REPLICAS,
                      "rollout": {"strategy": "Canary", "maxSurgeGpus": 0, "steps": STEPS,
                                  "analysis": {"interval": "3s", "minRequests": 20, "maxErrorRate": 0.02,
                                               "maxLatencyRatio": 3.0, "failureLimit": 2}}}}
@@ -85,7 +86,7 @@ def serving(real_cluster: ClusterHandle, stack: dict[str, Any]) -> str:
     """Version 1 serving on three pods; the Service's address."""
     real_cluster.apply(_spec("1", "s3://models/digits/1/model.onnx"), NS)
     wait_for(lambda: _md(real_cluster).get("status", {}).get("phase") == "Ready"
-             and _md(real_cluster)["status"].get("readyReplicas") == 3, 300, interval=1, message="v1 serving")
+             and _md(real_cluster)["status"].get("readyReplicas") == REPLICAS, 300, interval=1, message="v1 serving")
     ip = real_cluster.kubectl_json("get", "service", NAME, "-n", NS)["spec"]["clusterIP"]
     url = f"{ip}:8000"
     wait_for(lambda: service_answers(url), 30, interval=0.5, message="the Service answers")
@@ -115,10 +116,12 @@ def test_good_version_is_promoted_through_every_step_despite_operator_kills(
             raise AssertionError(f"not promoted in time: {_md(real_cluster).get('status')}")
     st = _md(real_cluster)["status"]
     assert st["canary"]["phase"] == "Promoted" and st["canary"]["revision"] == st["stableRevision"]
-    assert seen_steps == [0, 1]
+    assert seen_steps == [0, 1, 2]
     assert max_deployments <= 2, "never more than the stable and the canary Deployment"
     reached = _events(real_cluster, "CanaryStepReached")
-    assert sorted(m.split(":")[0] for m in reached) == ["step 1/2", "step 2/2"], reached  # none lost or repeated
+    # Each step reached exactly once (none lost or repeated), with 1, 2 and 3 of 4 pods on the canary.
+    assert sorted(m.split(":")[0] for m in reached) == ["step 1/3", "step 2/3", "step 3/3"], reached
+    assert [m.split(": ")[1].split(" canary")[0] for m in sorted(reached)] == ["1", "2", "3"], reached
     assert len(_events(real_cluster, "CanaryPromoted")) == 1
     assert load.ok > 200 and load.failed == [], load.failed[:3]
     wait_for(lambda: len(_deployments(real_cluster)) == 1, 60, interval=1, message="the old revision retired")
@@ -138,7 +141,7 @@ def test_bad_version_is_rolled_back_automatically(real_cluster: ClusterHandle, s
         real_cluster.apply(_spec(f"bad-{key}", uri, fmt="python"), NS)
         wait_for(lambda: _rolled_back_version(real_cluster) == f"bad-{key}", 240, interval=1,
                  message=f"{key} canary rolled back")
-        wait_for(lambda: _md(real_cluster)["status"].get("readyReplicas") == 3, 120, interval=1,
+        wait_for(lambda: _md(real_cluster)["status"].get("readyReplicas") == REPLICAS, 120, interval=1,
                  message="the stable revision back on every pod")
         time.sleep(3)
         during = (load.ok - ok_before) + (len(load.failed) - failed_before)

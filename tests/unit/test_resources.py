@@ -361,3 +361,17 @@ def test_pdb(replicas: int | None) -> None:
     assert (pdb["apiVersion"], pdb["kind"], pdb["metadata"]["name"]) == ("policy/v1", "PodDisruptionBudget", "digits")
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {c.LABEL_NAME: "digits"}},
                            "unhealthyPodEvictionPolicy": "AlwaysAllow"}
+
+
+def test_httproute_weights_and_parents() -> None:
+    from modeldeploy.api import ParentRef
+    from modeldeploy.resources.httproute import build_httproute
+    from modeldeploy.rollout.traffic import route_weight
+
+    route = build_httproute("m", "ns", "uid-1", (ParentRef("gw", namespace="edge", section_name="https"),), 30)
+    backends = route["spec"]["rules"][0]["backendRefs"]
+    assert [(b["name"], b["weight"], b["port"]) for b in backends] == [("m-stable", 70, 8000), ("m-canary", 30, 8000)]
+    assert route["spec"]["parentRefs"] == [{"name": "gw", "namespace": "edge", "sectionName": "https"}]
+    assert route["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert [route_weight(p, 25) for p in ("Validating", "Progressing", "Paused", "Promoting", "Promoted",
+                                          "RollingBack", "RolledBack", None)] == [0, 25, 25, 100, 0, 0, 0, 0]

@@ -45,3 +45,16 @@ def split(desired: int, weight: int, gpus_per_pod: int, max_surge_gpus: int) -> 
         # exceed the GPU budget; the analysis still compares with the stable revision's history.
         return Split(stable=0, canary=1)
     return Split(stable=max(0, stable), canary=canary)
+
+
+def route_weight(phase: str | None, step_weight: int) -> int:
+    """The canary's share of requests when a Gateway routes them (HTTPRoute backend weights).
+
+    Validating and rolling back: 0. Progressing (and paused): the step's weight. Promoting: 100,
+    the canary is taking over. No canary, or a finished one: 0 (the stable Service is the model).
+    """
+    if phase in ("Progressing", "Paused"):
+        return step_weight
+    if phase == "Promoting":
+        return 100
+    return 0
