@@ -30,6 +30,7 @@ from modeldeploy import telemetry
 from modeldeploy.loader.repository import with_sys_path
 from tests.support import chart, serving
 from tests.support.prometheus import PROMETHEUS, PROMTOOL, Prometheus, promtool_check_rules, wait_for
+from tests.support.serving_models import FAILING_ECHO_MODEL_PY
 
 pytestmark = [
     pytest.mark.integration,
@@ -43,21 +44,6 @@ MODEL = "echo"  # Triton's model name differs from the ModelDeployment's: panels
 OPERATOR_NAMESPACE = "modeldeploy-system"
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval stands for here
 
-MODEL_PY = '''
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
-            if (x < 0).any():
-                raise pb_utils.TritonModelException("negative input")
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", (x * 2).astype(np.float32))]))
-        return out
-'''
 
 CONFIG = f'''name: "{MODEL}"
 backend: "python"
@@ -76,7 +62,8 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[serving.TritonS
     model_dir = work / "repo" / MODEL
     (model_dir / "1").mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(CONFIG)
-    (model_dir / "1" / "model.py").write_text(with_sys_path(MODEL_PY, (serving.triton_install().stub_site,)))
+    stub_site = serving.triton_install().stub_site
+    (model_dir / "1" / "model.py").write_text(with_sys_path(FAILING_ECHO_MODEL_PY, (stub_site,)))
     with serving.running(work / "repo", work / "triton.log") as server:
         yield server
 

@@ -10,15 +10,11 @@ samples stay answerable but age for real, and `max_age` turns them into missing 
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import subprocess
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -29,28 +25,15 @@ from modeldeploy.metrics import prometheus
 from modeldeploy.metrics.parse import TritonMetrics
 from modeldeploy.metrics.source import PrometheusSource, ScrapeSource
 from tests.support import serving
+from tests.support.prometheus import Prometheus, wait_for
+from tests.support.serving_models import FAILING_ECHO_MODEL_PY
 
 PROMETHEUS = Path("/usr/bin/prometheus")  # Debian's package (hack/setup-system.sh)
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     not os.access(PROMETHEUS, os.X_OK), reason=f"{PROMETHEUS} missing (hack/setup-system.sh installs it)")]
 NAMESPACE, POD, MODEL = "ns1", "pod-a", "echo"
 
-# The echo model of tests/support/serving_models.py, failing (a BACKEND failure) on negative input.
-MODEL_PY = '''
-import numpy as np
-import triton_python_backend_utils as pb_utils
 
-
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
-            if (x < 0).any():
-                raise pb_utils.TritonModelException("negative input")
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", (x * 2).astype(np.float32))]))
-        return out
-'''
 
 CONFIG = f'''name: "{MODEL}"
 backend: "python"
@@ -61,21 +44,6 @@ output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }} ]
 instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 '''
 
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll `check` until it returns something other than None."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[serving.TritonServer]:
     work = tmp_path_factory.mktemp("triton")
@@ -85,73 +53,28 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[serving.TritonS
     (model_dir / "config.pbtxt").write_text(CONFIG)
     for version in ("1", "2"):
         (model_dir / version).mkdir()
-        (model_dir / version / "model.py").write_text(with_sys_path(MODEL_PY, (stub_site,)))
+        (model_dir / version / "model.py").write_text(with_sys_path(FAILING_ECHO_MODEL_PY, (stub_site,)))
     with serving.running(work / "repo", work / "triton.log") as server:
         yield server
 
 
-@dataclass
-class Prometheus:
-    """A real /usr/bin/prometheus on a loopback port with its own config, TSDB and log."""
-
-    work: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        path = self.work / "prometheus.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-    def start(self, metrics_port: int | None) -> None:
-        """Scrape Triton's metrics port every second with the target labels a PodMonitor gives
-        (nothing at all with None); the TSDB is kept across restarts, as in a real deployment."""
-        target = "" if metrics_port is None else f"""\
+def _scrape_configs(metrics_port: int | None) -> str:
+    """Triton's metrics port with the target labels a PodMonitor gives (nothing at all with None)."""
+    if metrics_port is None:
+        return ""
+    return f"""\
   - job_name: triton
     static_configs:
       - targets: ["127.0.0.1:{metrics_port}"]
         labels: {{namespace: {NAMESPACE}, pod: {POD}}}
 """
-        config = self.work / "prometheus.yml"
-        config.write_text("global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1m}\n"
-                          f"scrape_configs:{' []' if not target else ''}\n{target}")
-        argv = [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={self.work / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}"]
-        with open(self.work / "prometheus.log", "ab") as logf:
-            self.process = proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def ready() -> bool | None:
-            if proc.poll() is not None:
-                raise AssertionError(f"prometheus exited with {proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    return True if r.status == 200 else None
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                return None
-
-        wait_for(ready, 30, "prometheus ready")
-
-    def stop(self) -> None:
-        """SIGTERM (a clean shutdown, as on a rollout of Prometheus itself), SIGKILL if it lingers."""
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-        self.process = None
 
 
 @pytest.fixture(scope="module")
 def prom(triton: serving.TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     server = Prometheus(tmp_path_factory.mktemp("prometheus"), free_port())
     try:
-        server.start(triton.metrics_port)
+        server.start(_scrape_configs(triton.metrics_port))
         yield server
     finally:
         server.stop()
@@ -169,6 +92,11 @@ def _infer(client: object, x: np.ndarray, version: str = "", name: str = "x") ->
     except InferenceServerException:
         return False
     return True
+
+
+def _untimed(m: TritonMetrics | None) -> TritonMetrics | None:
+    """Prometheus adds when it scraped (sampled_at); a direct read is "now" (None)."""
+    return None if m is None else dataclasses.replace(m, sampled_at=None)
 
 
 def _direct(triton: serving.TritonServer) -> TritonMetrics:
@@ -200,14 +128,15 @@ def test_prometheus_reports_what_triton_counts(triton: serving.TritonServer, pro
 
     def caught_up() -> dict[str, TritonMetrics | None] | None:
         seen.append(source.pods(NAMESPACE, {POD: "127.0.0.1", "pod-unknown": "127.0.0.2"}, MODEL))
-        return seen[-1] if seen[-1][POD] == direct else None
+        return seen[-1] if _untimed(seen[-1][POD]) == direct else None
 
     try:
         got = wait_for(caught_up, 30, "Prometheus reports Triton's counters")
     except AssertionError:
         raise AssertionError(f"last answer {seen[-1] if seen else None}; prometheus log:\n{prom.log()}") from None
     print(f"\nPrometheus had Triton's counters {time.monotonic() - began:.1f}s after the requests: {got[POD]}")
-    assert got == {POD: direct, "pod-unknown": None}
+    assert {pod: _untimed(m) for pod, m in got.items()} == {POD: direct, "pod-unknown": None}
+    assert got[POD] is not None and got[POD].sampled_at is not None  # the scrape's time, for rates
 
 
 def test_unknown_pod_namespace_or_model_is_missing(triton: serving.TritonServer, prom: Prometheus) -> None:
@@ -237,13 +166,13 @@ def test_samples_older_than_max_age_are_missing(triton: serving.TritonServer, pr
     wait_for(lambda: strict.pods(NAMESPACE, {POD: ""}, MODEL)[POD], 30, "a fresh scrape")
     prom.stop()
     try:
-        prom.start(None)  # the same TSDB, no target any more
-        assert lenient.pods(NAMESPACE, {POD: ""}, MODEL) == {POD: direct}  # the last values, still answered
+        prom.start(_scrape_configs(None))  # the same TSDB, no target any more
+        assert _untimed(lenient.pods(NAMESPACE, {POD: ""}, MODEL)[POD]) == direct  # the last values, still answered
         stopped = time.monotonic()
         wait_for(lambda: True if strict.pods(NAMESPACE, {POD: ""}, MODEL)[POD] is None else None, 30,
                  "samples older than 2s dropped")
         assert time.monotonic() - stopped < 5
-        assert lenient.pods(NAMESPACE, {POD: ""}, MODEL) == {POD: direct}
+        assert _untimed(lenient.pods(NAMESPACE, {POD: ""}, MODEL)[POD]) == direct
     finally:
         prom.stop()
-        prom.start(triton.metrics_port)  # as the module found it, for any test after this one
+        prom.start(_scrape_configs(triton.metrics_port))  # as the module found it, for any test after this one

@@ -22,6 +22,23 @@ class TritonPythonModel:
         return out
 '''
 
+# The echo model failing (Triton counts a BACKEND failure) on negative input: a model with errors.
+FAILING_ECHO_MODEL_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            if (x < 0).any():
+                raise pb_utils.TritonModelException("negative input")
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", (x * 2).astype(np.float32))]))
+        return out
+'''
+
 ECHO_CONFIG = '''name: "whatever-the-user-called-it"
 backend: "python"
 max_batch_size: 8
