@@ -9,6 +9,7 @@ packages=(
   debootstrap                                          # base image without a registry
   libpython3.11                                        # Triton's python backend stub
   prometheus                                           # the PromQL metrics-source tests run their own server
+  redis-server                                         # Argo CD's cache, for the GitOps sync test (tests/support/argocd.py)
 )
 missing=()
 for p in "${packages[@]}"; do
