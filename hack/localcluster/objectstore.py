@@ -60,6 +60,10 @@ class Store:
         if code not in (200, 409):
             raise RuntimeError(f"creating bucket {bucket}: HTTP {code}")
 
+    def exists(self, uri: str) -> bool:
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        return self._request("HEAD", f"/{bucket}/{sigv4.uri_encode(key, keep_slash=True)}") == 200
+
     def put(self, uri: str, data: bytes) -> None:
         bucket, key = uri.removeprefix("s3://").split("/", 1)
         self.ensure_bucket(bucket)

@@ -442,3 +442,14 @@ def test_validator_ignores_a_job_of_another_owner() -> None:
     kube.jobs[job["metadata"]["name"]] = job
     assert validator.result(MD, _spec(), "abc1234567") is None
     assert not any(c.startswith("delete") for c in kube.calls)
+
+
+def test_service_urls_fall_back_to_service_links_without_cluster_dns() -> None:
+    from modeldeploy.loader.validate import service_link_url
+
+    env = {"DIGITS_CANARY_SERVICE_HOST": "10.96.0.12", "DIGITS_CANARY_SERVICE_PORT_HTTP": "8000"}
+    url = "http://digits-canary.ml.svc:8000"
+    assert service_link_url(url, env, resolves=lambda h: False) == "http://10.96.0.12:8000"
+    assert service_link_url(url, env, resolves=lambda h: True) == url  # cluster DNS answers: use it
+    assert service_link_url(url, {}, resolves=lambda h: False) == url  # nothing better known
+    assert service_link_url("http://10.0.0.1:8000", env, resolves=lambda h: False) == "http://10.0.0.1:8000"

@@ -19,11 +19,12 @@ import logging
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -103,6 +104,32 @@ def parse_endpoint(name: str, url: str) -> Endpoint:
     return Endpoint(f"{parts.scheme}://{host}:{port}", f"{host}:{port}", parts.scheme == "https")
 
 
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None)
+        return True
+    except OSError:
+        return False
+
+
+def service_link_url(url: str, env: Mapping[str, str], resolves: Callable[[str], bool] = _resolves) -> str:
+    """`http://SVC.NS.svc:PORT` as the kubelet's service-link variables give it when cluster DNS
+    cannot resolve the name (clusters without DNS add-on): SVC_SERVICE_HOST / SVC_SERVICE_PORT_HTTP
+    of a Service in the Job's namespace. Any other URL, or one that resolves, is returned as is."""
+    parts = urllib.parse.urlsplit(url.strip())
+    host = parts.hostname or ""
+    labels = host.split(".")
+    if len(labels) < 3 or labels[2] != "svc" or resolves(host):
+        return url
+    prefix = labels[0].upper().replace("-", "_")
+    ip, port = env.get(f"{prefix}_SERVICE_HOST"), env.get(f"{prefix}_SERVICE_PORT_HTTP")
+    if not ip or not port:
+        return url
+    shown = f"[{ip}]" if ":" in ip else ip
+    log.info("%s does not resolve: using the Service's address %s:%s from its service-link variables", host, ip, port)
+    return urllib.parse.urlunsplit((parts.scheme, f"{shown}:{port}", parts.path, parts.query, parts.fragment))
+
+
 def _number(env: Mapping[str, str], name: str, default: float | None, lo: float, hi: float) -> float | None:
     raw = env.get(name, "").strip()
     if not raw:
@@ -123,7 +150,8 @@ def settings_from_env(env: Mapping[str, str]) -> ValidateSettings:
         raise ConfigError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
     min_accuracy = _number(env, "MD_MIN_ACCURACY", None, 0, 1)
     min_agreement = _number(env, "MD_MIN_AGREEMENT", None, 0, 1)
-    stable = parse_endpoint("MD_STABLE_URL", env["MD_STABLE_URL"]) if env.get("MD_STABLE_URL", "").strip() else None
+    stable = (parse_endpoint("MD_STABLE_URL", service_link_url(env["MD_STABLE_URL"], env))
+              if env.get("MD_STABLE_URL", "").strip() else None)
     if min_accuracy is None and min_agreement is None:
         raise ConfigError("nothing to judge: set MD_MIN_ACCURACY or MD_MIN_AGREEMENT")
     if min_agreement is not None and stable is None:
@@ -132,7 +160,7 @@ def settings_from_env(env: Mapping[str, str]) -> ValidateSettings:
     return ValidateSettings(
         dataset_uri=env["MD_DATASET_URI"].strip(),
         model_name=env["MD_MODEL_NAME"].strip(),
-        canary=parse_endpoint("MD_CANARY_URL", env["MD_CANARY_URL"]),
+        canary=parse_endpoint("MD_CANARY_URL", service_link_url(env["MD_CANARY_URL"], env)),
         stable=stable,
         min_accuracy=min_accuracy,
         min_agreement=min_agreement,

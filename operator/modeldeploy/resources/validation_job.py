@@ -141,7 +141,7 @@ def _pod_spec(md_name: str, namespace: str, spec: ModelDeploymentSpec, validatio
     }
     return {
         "automountServiceAccountToken": False,  # it talks to Triton and the dataset store, never to the API
-        "enableServiceLinks": False,
+        "enableServiceLinks": True,  # the fallback to <name>-canary when the cluster has no DNS add-on
         "restartPolicy": "Never",
         "securityContext": _pod_security(),
         "terminationGracePeriodSeconds": 5,
