@@ -87,10 +87,24 @@ def stop(run_dir: Path, name: str, timeout: float = 10.0) -> None:
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        while alive(pid) and time.monotonic() < deadline + 5:
+        # The leader may go first: wait for every member of its group, so "stopped" means gone.
+        while (alive(pid) or group_members(pid)) and time.monotonic() < deadline + 5:
             _reap(pid)
             time.sleep(0.1)
     _pidfile(run_dir, name).unlink(missing_ok=True)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is `pgid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _reap(pid: int) -> None:
