@@ -229,3 +229,18 @@ def test_canary_pods_round_to_the_nearest_pod_and_keep_a_stable_one(desired: int
     from modeldeploy.rollout.traffic import canary_pods
 
     assert canary_pods(desired, weight) == pods
+
+
+def test_a_clearly_failing_window_is_judged_before_its_interval_ends() -> None:
+    # 2 s ticks, 15 s interval: 20 canary requests a second, half failing, give minRequests (50) of
+    # bad news in under 3 s; two such windows roll back long before two intervals (30 s).
+    state, trace = run(World(canary_error_rate=0.5), tick=2)
+    assert state.phase == Phase.ROLLED_BACK and "error rate 50.00%" in state.reason
+    ticks_to_rollback = next(i for i, d in enumerate(trace) if d.state.phase == Phase.ROLLING_BACK)
+    assert ticks_to_rollback * 2 < ROLLOUT.analysis.interval, ticks_to_rollback
+    assert [a["verdict"] for a in state.analyses] == [Verdict.FAIL, Verdict.FAIL]
+
+
+def test_a_passing_window_still_waits_for_the_whole_interval() -> None:
+    state, _ = run(World(), tick=2, max_ticks=12)  # 24 s: one 15 s interval after the step started
+    assert [a["verdict"] for a in state.analyses] == [Verdict.PASS]  # no early verdict on good news

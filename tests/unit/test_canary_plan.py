@@ -154,12 +154,12 @@ def test_recreate_and_first_deploys_never_canary() -> None:
 
 @pytest.mark.parametrize(("phase", "started", "last", "now", "expected"), [
     (Phase.PROGRESSING, None, None, 0.0, True),     # step start: the baseline sample
-    (Phase.PROGRESSING, 0.0, 0.0, 5.0, False),      # mid-interval: no scrape
+    (Phase.PROGRESSING, 0.0, 0.0, 5.0, True),       # mid-interval: a window that already fails is judged
     (Phase.PROGRESSING, 0.0, 0.0, 10.0, True),      # analysis due
     (Phase.VALIDATING, None, None, 0.0, False),
     (Phase.PROMOTING, 0.0, 0.0, 100.0, False),
 ])
-def test_metrics_are_read_only_when_an_analysis_needs_them(phase: str, started: float | None, last: float | None,
+def test_metrics_are_read_while_a_step_runs(phase: str, started: float | None, last: float | None,
                                                            now: float, expected: bool) -> None:
     state = canary.CanaryState(phase=phase, revision="new", stable="old", started_at=0.0, step_started_at=started,
                                last_analysis_at=last)

@@ -52,12 +52,9 @@ def canary_applies(inp: switch.SwitchInput, observed: Mapping[str, RevisionState
 
 
 def needs_metrics(state: CanaryState | None, rollout: RolloutSpec, now: float) -> bool:
-    """Whether this pass reads the pods' metrics: at the start of a step and when an analysis is due."""
-    if state is None or state.phase != Phase.PROGRESSING:
-        return False
-    if state.step_started_at is None or state.last_analysis_at is None:
-        return True
-    return now - state.last_analysis_at >= rollout.analysis.interval
+    """Whether this pass reads the pods' metrics: every pass while a step runs, as a window that
+    already fails is judged before its interval is over (see rollout/canary._fails_early)."""
+    return state is not None and state.phase == Phase.PROGRESSING
 
 
 def plan(inp: CanaryInput, observed: Mapping[str, RevisionState]) -> CanaryPlan:

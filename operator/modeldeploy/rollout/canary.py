@@ -221,7 +221,7 @@ def _progressing(state: CanaryState, rollout: RolloutSpec, obs: Observation, now
         return Decision(st, sp.stable, sp.canary, True, events=tuple(events))
 
     assert st.last_analysis_at is not None
-    if now - st.last_analysis_at >= rollout.analysis.interval:
+    if now - st.last_analysis_at >= rollout.analysis.interval or _fails_early(st, rollout, obs):
         st, verdict_event = _analyse(st, rollout, obs, now)
         events.append(verdict_event)
         if st.failures >= rollout.analysis.failure_limit:
@@ -241,6 +241,17 @@ def _progressing(state: CanaryState, rollout: RolloutSpec, obs: Observation, now
             stable, canary = _promotion_targets(obs, rollout)
             return Decision(st, stable, canary, True, events=tuple(events))
     return Decision(st, sp.stable, sp.canary, True, events=tuple(events))
+
+
+def _fails_early(st: CanaryState, rollout: RolloutSpec, obs: Observation) -> bool:
+    """Bad news does not wait for the interval: once the window since the last analysis holds
+    minRequests canary requests and already fails, it is judged now. Good news waits: a pass needs
+    the whole interval, and missing metrics are judged only when the interval is over."""
+    if obs.canary_counters is None or obs.stable_counters is None:
+        return False
+    window = judge(obs.canary_counters.minus(st.last_canary), obs.stable_counters.minus(st.last_stable),
+                   _thresholds(rollout))
+    return window.verdict == Verdict.FAIL
 
 
 def _analyse(st: CanaryState, rollout: RolloutSpec, obs: Observation,
