@@ -142,7 +142,7 @@ def test_broken_uri_reports_the_loader_reason_and_keeps_serving(real_cluster: Cl
     assert "model-loader" in message and "404" in message and "s3://models/digits/404/model.onnx" in message
     assert md["status"]["stableRevision"] == good and md["status"]["phase"] == "Degraded"
     events = [e for e in real_cluster.kubectl_json("get", "events", "-n", NS)["items"]
-              if e["involvedObject"].get("name") == "digits" and e["reason"] == "RevisionFailed"]
+              if e["involvedObject"].get("name") == "digits" and e["reason"] == "LoadFailed"]  # canary rolled back
     assert events and "404" in events[0]["message"]
     x, y = _digits()
     assert (_classify(_url(real_cluster), x[:32]) == y[:32]).mean() > 0.9  # the previous revision serves

@@ -163,8 +163,11 @@ def test_argocd_syncs_and_stays_synced_through_a_canary(cluster: ClusterHandle, 
     # 2. The operator keeps reconciling (resync every second, autoscaler every second) and writes
     # status when a pod goes away and comes back; Argo CD, comparing every few seconds, never sees
     # a difference from Git.
-    pod = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", "modeldeploy.io/name=digits")["items"][0]
-    cluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", namespace, "--wait=false")
+    # Deleting its Deployment takes every pod away (a kwok pod replaced by its ReplicaSet can be Ready
+    # again before any pass sees it gone): the operator recreates the Deployment and reports 0/4
+    # then 4/4 ready in status, which Argo CD must not count as drift.
+    dep = cluster.kubectl_json("get", "deployments", "-n", namespace, "-l", "modeldeploy.io/name=digits")["items"][0]
+    cluster.kubectl("delete", "deployment", dep["metadata"]["name"], "-n", namespace, "--wait=false")
     versions: dict[str, set[str]] = {"digits": set(), "scaled": set()}
     comparisons: set[str] = set()
     end = time.monotonic() + 20
