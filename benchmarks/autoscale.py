@@ -31,25 +31,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "hack")]
 from tests.support import cluster as cluster_support  # noqa: E402
 from tests.support.cluster import ClusterHandle, wait_for  # noqa: E402
 from tests.support.load import Load  # noqa: E402
+from tests.support.specs import autoscaled_digits  # noqa: E402
 from tests.support.stack import prepare  # noqa: E402
 
 NS = "bench-autoscale"
 NAME = "auto"
 TICK_S = 2.0
-
-
-def spec() -> dict[str, Any]:
-    return {"apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": NAME},
-            "spec": {"model": {"name": "digits", "version": "1",
-                               "source": {"uri": "s3://models/digits/1/model.onnx", "credentialsSecret": "s3-creds"},
-                               "format": "onnx", "maxBatchSize": 32},
-                     "serving": {"gpus": 1, "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
-                                                          "limits": {"memory": "2Gi"}}},
-                     "replicas": 1,
-                     "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "metric": "inferenceRate",
-                                     "target": 15, "scaleDownDelay": "10s", "stableWindow": "20s",
-                                     "panicWindow": "4s"},
-                     "rollout": {"maxSurgeGpus": 1}}}
 
 
 def status(tc: ClusterHandle) -> dict[str, Any]:
@@ -110,7 +97,7 @@ def main() -> int:
     tc = cluster_support.start_real_node(args.cluster)
     try:
         prepare(tc, NS)
-        tc.apply(spec(), NS)
+        tc.apply(autoscaled_digits(NAME), NS)
         wait_for(lambda: status(tc).get("readyReplicas") == 1, 300, interval=1, message="one pod serving")
         url = f"{tc.kubectl_json('get', 'service', NAME, '-n', NS)['spec']['clusterIP']}:8000"
         from tests.e2e.conftest import service_answers

@@ -11,6 +11,7 @@ import pytest
 from tests.e2e.conftest import service_answers
 from tests.support.cluster import ClusterHandle, wait_for
 from tests.support.load import Load
+from tests.support.specs import autoscaled_digits
 
 pytestmark = pytest.mark.e2e
 
@@ -19,26 +20,12 @@ NS = "autoscaling-e2e"
 NAME = "auto"
 
 
-def _spec() -> dict[str, Any]:
-    return {"apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": NAME},
-            "spec": {"model": {"name": "digits", "version": "1",
-                               "source": {"uri": "s3://models/digits/1/model.onnx", "credentialsSecret": "s3-creds"},
-                               "format": "onnx", "maxBatchSize": 32},
-                     "serving": {"gpus": 1, "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
-                                                          "limits": {"memory": "2Gi"}}},
-                     "replicas": 1,
-                     "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "metric": "inferenceRate",
-                                     "target": 15, "scaleDownDelay": "10s", "stableWindow": "20s",
-                                     "panicWindow": "4s"},
-                     "rollout": {"maxSurgeGpus": 1}}}
-
-
 def _md(tc: ClusterHandle) -> dict[str, Any]:
     return tc.kubectl_json("get", "modeldeployment", NAME, "-n", NS)
 
 
 def test_scales_up_on_load_and_down_after_the_delay(real_cluster: ClusterHandle, stack: dict[str, Any]) -> None:
-    real_cluster.apply(_spec(), NS)
+    real_cluster.apply(autoscaled_digits(NAME), NS)
     wait_for(lambda: _md(real_cluster).get("status", {}).get("readyReplicas") == 1, 240, interval=1,
              message="one pod serving")
     ip = real_cluster.kubectl_json("get", "service", NAME, "-n", NS)["spec"]["clusterIP"]

@@ -1,9 +1,11 @@
 """How many pods each revision gets while the model changes (pure).
 
-Until the canary controller takes over traffic shaping, a new revision replaces the stable one
-safely: it is scaled up within the GPU budget (`maxSurgeGpus`), the stable revision only gives up
-pods the new one has made Ready, and the switch is final only once the new revision serves
-every replica. A revision that cannot load is stopped and the stable one keeps serving.
+The plain switch: it serves the first revision, runs `Recreate`, and keeps a revision recorded
+as failed stopped while the stable one serves. (With `strategy: Canary` the operator hands a new
+revision to planning/canary_plan.py instead; `plan()` still answers a Canary switch by trading
+pods within the GPU budget, the replacement `trade()` the canary's promotion also uses.) A new
+revision is scaled up within `maxSurgeGpus`, the stable revision only gives up pods the new one
+has made Ready, and the switch is final once the new revision serves every replica.
 """
 
 from __future__ import annotations
