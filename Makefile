@@ -13,12 +13,12 @@ chart-crds: python
 api-reference: python
 	@$(PY) hack/gen_api_reference.py
 
-.PHONY: images chart-crds api-reference help setup system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
+.PHONY: images converter-image chart-crds api-reference help setup system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
 
 help:
 	@echo "make demo    set up everything, start a local cluster, run the operator"
 	@echo "make test    set up everything and run all test tiers (lint, unit, integration, e2e)"
-	@echo "make lint | unit | integration | e2e | images | cluster-up | cluster-down | cluster-status"
+	@echo "make lint | unit | integration | e2e | images | converter-image | cluster-up | cluster-down | cluster-status"
 
 setup: system python binaries
 
@@ -65,6 +65,11 @@ images: setup
 	@$(STEP) "serving image and operator image (built without Docker, only when their inputs change)" \
 		hack/images/ensure.sh
 	@ls -lh out/*.tar | awk '{print "  " $$5 "  " $$9}'
+
+converter-image: setup
+	@$(STEP) "converter image: serving image + torch, for torchscript and pytorch-export models (~4.5 GB)" \
+		hack/images/ensure.sh --converter
+	@ls -lh out/modeldeploy-converter.tar | awk '{print "  " $$5 "  " $$9}'
 
 demo: setup
 	@$(STEP) "demo" hack/demo.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the serving and operator images into out/, each only when its inputs changed (a content
 # hash of the files that go into it is kept next to the archive).
-#   hack/images/ensure.sh      # prints the two archive paths
+#   hack/images/ensure.sh              # prints the two archive paths
+#   hack/images/ensure.sh --converter  # the converter image (serving image + torch), printed alone
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build_if_changed() {  # ARCHIVE SCRIPT INPUTS...
@@ -16,7 +17,12 @@ build_if_changed() {  # ARCHIVE SCRIPT INPUTS...
   fi
   echo "$archive"
 }
-build_if_changed out/modeldeploy-triton-cpu.tar serving-image/build.sh \
-  serving-image operator/modeldeploy pyproject.toml hack/images hack/triton hack/localcluster/oci.py
+serving_inputs=(serving-image operator/modeldeploy pyproject.toml hack/images hack/triton hack/localcluster/oci.py)
+if [[ "${1:-}" == "--converter" ]]; then  # the converter image (~4.5 GB) only for those who need it
+  build_if_changed out/modeldeploy-triton-cpu.tar serving-image/build.sh "${serving_inputs[@]}" >/dev/null
+  build_if_changed out/modeldeploy-converter.tar serving-image/build-converter.sh "${serving_inputs[@]}"
+  exit 0
+fi
+build_if_changed out/modeldeploy-triton-cpu.tar serving-image/build.sh "${serving_inputs[@]}"
 build_if_changed out/modeldeploy-operator.tar hack/images/operator-image.sh \
   operator/modeldeploy pyproject.toml hack/images hack/localcluster/oci.py

@@ -112,7 +112,8 @@ def import_image(cfg: ClusterConfig, archive: Path) -> str:
     """Import an OCI or docker image archive into the CRI namespace; return ctr's output."""
     if not healthy(cfg):
         raise RuntimeError(f"containerd of cluster '{cfg.name}' is not running (is it up with --real-node?)")
-    return ctr(cfg, "images", "import", str(archive)).stdout
+    timeout = max(300.0, archive.stat().st_size / 10e6)  # the converter image is ~4.5 GB: allow 10 MB/s
+    return ctr(cfg, "images", "import", str(archive), timeout=timeout).stdout
 
 
 def task_ids(cfg: ClusterConfig) -> list[str]:

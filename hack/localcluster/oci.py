@@ -331,7 +331,7 @@ def config_from_docker_json(doc: Mapping[str, object]) -> ImageConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m localcluster.oci ROOTFS OUT.tar --name NAME [--config config.json] [--no-compress]"""
+    """python -m localcluster.oci ROOTFS OUT.tar --name NAME [--layer DIR]... [--config config.json] [--no-compress]"""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m localcluster.oci", description=main.__doc__)
@@ -339,10 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--config", type=Path, help="Docker-style image config JSON")
+    parser.add_argument("--layer", type=Path, action="append", default=[],
+                        help="another root filesystem directory stacked on top (repeatable, in order)")
     parser.add_argument("--no-compress", action="store_true")
     args = parser.parse_args(argv)
     config = config_from_docker_json(json.loads(args.config.read_text())) if args.config else ImageConfig()
-    digest = build_image(args.name, [args.rootfs], config, args.out, compress=not args.no_compress)
+    digest = build_image(args.name, [args.rootfs, *args.layer], config, args.out, compress=not args.no_compress)
     print(f"{args.name} {args.out} {digest}")
     return 0
 

@@ -51,6 +51,12 @@ DEFAULT_FAILURE_LIMIT: Final = 2
 FORMATS: Final = ("onnx", "torchscript", "pytorch-export", "python")
 CONVERTED_FORMATS: Final = frozenset({"torchscript", "pytorch-export"})
 QUANTIZE_MODES: Final = ("none", "int8")
+INPUT_DTYPES: Final = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+DEFAULT_INPUT_DTYPE: Final = "float32"
+MAX_INPUTS: Final = 32
+MAX_INPUT_RANK: Final = 8
+MAX_INPUT_DIM: Final = 1_048_576
+_TENSOR_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
 METRICS: Final = ("queueTime", "pendingRequests", "inferenceRate", "gpuUtilization")
 STRATEGIES: Final = ("Canary", "Recreate")
 URI_SCHEMES: Final = ("s3", "gs", "http", "https", "pvc", "file")
@@ -164,6 +170,15 @@ class OptimizationSpec:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """One input tensor of a model format that records no shapes (TorchScript)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]  # per sample, without the batch axis
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """The model and how Triton runs it (part of the revision)."""
 
@@ -174,6 +189,8 @@ class ModelSpec:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     dynamic_batching: DynamicBatchingSpec | None = None
     optimization: OptimizationSpec = field(default_factory=OptimizationSpec)
+    inputs: tuple[InputSpec, ...] = ()
+    validation_data_uri: str | None = None
 
     @property
     def needs_conversion(self) -> bool:
@@ -504,6 +521,10 @@ def _parse_model(m: Mapping[str, Any], default_name: str | None) -> ModelSpec:
         warmup=_bool(o, "warmup", f"{p}.optimization.warmup", DEFAULT_WARMUP),
         min_agreement=_num(o, "minAgreement", f"{p}.optimization.minAgreement", DEFAULT_MIN_AGREEMENT, 0, 1),
     )
+    validation_uri = _str(m, "validationDataUri", f"{p}.validationDataUri")
+    if validation_uri is not None:
+        _check_uri(validation_uri, f"{p}.validationDataUri")
+        _check_same_claim(validation_uri, source)
     return ModelSpec(
         name=name,
         version=str(version),
@@ -512,7 +533,49 @@ def _parse_model(m: Mapping[str, Any], default_name: str | None) -> ModelSpec:
         max_batch_size=max_batch,
         dynamic_batching=batching,
         optimization=optimization,
+        inputs=_parse_inputs(m.get("inputs"), str(fmt)),
+        validation_data_uri=validation_uri,
     )
+
+
+def _check_same_claim(uri: str, source: SourceSpec) -> None:
+    """The loader mounts only the source's claim, so a pvc:// validation file must live on it."""
+    if not uri.startswith("pvc://"):
+        return
+    claim = uri[len("pvc://") :].split("/", 1)[0]
+    if claim != source.pvc_claim:
+        raise SpecError(
+            "spec.model.validationDataUri",
+            f"pvc:// must name the claim of spec.model.source.uri ({source.pvc_claim or 'not a pvc:// source'}), "
+            f"not {claim!r}: the loader mounts only that claim",
+        )
+
+
+def _parse_inputs(raw: Any, fmt: str) -> tuple[InputSpec, ...]:
+    p = "spec.model.inputs"
+    if raw is None or raw == []:
+        return ()
+    if fmt != "torchscript":
+        raise SpecError(p, f"is only for format torchscript (format {fmt} records its own input shapes)")
+    if not isinstance(raw, list) or len(raw) > MAX_INPUTS:
+        raise SpecError(p, f"must be a list of at most {MAX_INPUTS} inputs")
+    inputs: list[InputSpec] = []
+    for i, item in enumerate(raw):
+        q = f"{p}[{i}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(q, "must be an object with name, dtype and shape")
+        name = _str(item, "name", f"{q}.name", pattern=_TENSOR_NAME, max_len=128, what="a tensor name")
+        if name is None:
+            raise SpecError(f"{q}.name", "is required")
+        if any(x.name == name for x in inputs):
+            raise SpecError(f"{q}.name", f"repeats input {name!r}")
+        dtype = _str(item, "dtype", f"{q}.dtype", DEFAULT_INPUT_DTYPE, choices=INPUT_DTYPES)
+        dims = item.get("shape")
+        if not isinstance(dims, list) or len(dims) > MAX_INPUT_RANK:
+            raise SpecError(f"{q}.shape", f"must be a list of at most {MAX_INPUT_RANK} dimensions (no batch axis)")
+        shape = tuple(_int({"v": d}, "v", f"{q}.shape[{j}]", None, 1, MAX_INPUT_DIM) for j, d in enumerate(dims))
+        inputs.append(InputSpec(name=name, dtype=str(dtype), shape=shape))
+    return tuple(inputs)
 
 
 def _quantities(m: Mapping[str, Any], path: str) -> Mapping[str, str]:
@@ -768,12 +831,18 @@ def parse_spec(spec: Mapping[str, Any], *, name: str | None = None) -> ModelDepl
 # ---------------------------------------------------------------- revisions
 
 _HASH_SCHEMA: Final = "modeldeploy/revision/v1"  # bump deliberately: every revision changes with it
+# Fields added after v1 are hashed only when set: upgrading the operator must not roll out every model.
+_HASHED_ONLY_WHEN_SET: Final = frozenset({"inputs", "validation_data_uri"})
 
 
 def _canonical(value: Any) -> Any:
     """Plain JSON-able form of the typed spec (dataclasses, mappings, tuples) for hashing."""
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _canonical(getattr(value, f.name)) for f in fields(value)}
+        return {
+            f.name: _canonical(getattr(value, f.name))
+            for f in fields(value)
+            if f.name not in _HASHED_ONLY_WHEN_SET or getattr(value, f.name)
+        }
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in value.items()}
     if isinstance(value, tuple | list):

@@ -287,6 +287,13 @@ def test_revision_hash_ignores_key_order_and_written_defaults() -> None:
     assert api.revision_hash(_reversed(EXPLICIT_DEFAULTS), name="digits") == base
 
 
+def test_revision_hash_of_specs_written_before_new_fields_is_stable() -> None:
+    """Fields added later (inputs, validationDataUri) are hashed only when set: an operator upgrade
+    must not roll out every existing model. These values were computed before those fields existed."""
+    assert api.revision_hash(BASE_SPEC, name=BASE_NAME) == "88f864fb03"
+    assert api.revision_hash(MINIMAL, name="digits") == "e876485f92"
+
+
 @pytest.mark.parametrize(
     "patch",
     [
@@ -315,6 +322,8 @@ def test_revision_hash_unchanged(patch: dict[str, Any]) -> None:
         {"model": {"dynamicBatching": {"maxQueueDelayMicroseconds": 500}}},
         {"model": {"optimization": {"quantize": "int8"}}},
         {"model": {"name": "digits2"}},
+        {"model": {"validationDataUri": "s3://models/digits/val.npz"}},
+        {"model": {"format": "torchscript", "inputs": [{"name": "x", "shape": [1, 8, 8]}]}},
         {"serving": {"gpus": 2}},
         {"serving": {"image": "nvcr.io/nvidia/tritonserver:25.01-py3"}},
         {"serving": {"resources": {"limits": {"memory": "16Gi"}}}},
@@ -341,3 +350,17 @@ def test_spec_error_names_field() -> None:
     err = api.SpecError("spec.model.format", "must be onnx")
     assert (err.field, err.message) == ("spec.model.format", "must be onnx")
     assert str(err) == "spec.model.format: must be onnx"
+
+
+def test_torchscript_inputs_and_validation_data_are_part_of_the_revision() -> None:
+    """Both change what the loader writes, so changing them must roll out a new revision."""
+    ts = apply_patch(BASE_SPEC, {"model": {"format": "torchscript"}})
+    base = api.revision_hash(ts, name=BASE_NAME)
+    shaped = apply_patch(ts, {"model": {"inputs": [{"name": "x", "shape": [1, 8, 8]}]}})
+    reshaped = apply_patch(ts, {"model": {"inputs": [{"name": "x", "shape": [1, 8, 9]}]}})
+    data = apply_patch(ts, {"model": {"validationDataUri": "s3://models/digits/val.npz"}})
+    hashes = {base, api.revision_hash(shaped, name=BASE_NAME), api.revision_hash(reshaped, name=BASE_NAME),
+              api.revision_hash(data, name=BASE_NAME)}
+    assert len(hashes) == 4
+    written_default = apply_patch(ts, {"model": {"inputs": [{"name": "x", "dtype": "float32", "shape": [1, 8, 8]}]}})
+    assert api.revision_hash(written_default, name=BASE_NAME) == api.revision_hash(shaped, name=BASE_NAME)

@@ -105,6 +105,16 @@ def test_pvc_source_reads_the_mounted_claim(tmp_path: Path, model: Path) -> None
     assert code == 0 and (repo / "m" / "1" / "model.onnx").exists()
 
 
+def test_pvc_validation_data_must_be_on_the_mounted_claim(tmp_path: Path, model: Path) -> None:
+    np.savez(model.parent / "val.npz", x=np.zeros((4, 4), dtype=np.float32))
+    mount = {"MD_SOURCE_URI": "pvc://store/model.onnx", "MD_SOURCE_MOUNT": str(model.parent)}
+    code, msg, repo = run(tmp_path, **mount, MD_VALIDATION_URI="pvc://other/val.npz")
+    assert code == 2
+    assert msg.strip() == "MD_VALIDATION_URI: claim other is not mounted; only the model source's claim is"
+    assert leftovers(repo) == []
+    assert run(tmp_path, **mount, MD_VALIDATION_URI="pvc://store/val.npz")[0] == 0
+
+
 def test_fixed_batch_dimension_cannot_batch(tmp_path: Path) -> None:
     from onnx import TensorProto, helper, save
 

@@ -226,6 +226,25 @@ def test_loader_env_omits_unset_options() -> None:
     assert env["MD_MAX_BATCH_SIZE"] == "0"
 
 
+def test_torchscript_inputs_and_validation_data_reach_the_loader_as_it_parses_them() -> None:
+    from modeldeploy.loader.settings import InputShape, from_sources
+
+    d = _deployment({"model": {
+        "format": "torchscript", "validationDataUri": "s3://models/digits/val.npz",
+        "inputs": [{"name": "x", "shape": [1, 8, 8]}, {"name": "ids", "dtype": "int64", "shape": [16]}],
+    }})
+    env = _env(_container(d, c.CONTAINER_LOADER))
+    assert env["MD_VALIDATION_URI"] == "s3://models/digits/val.npz"
+    settings = from_sources([], {k: v for k, v in env.items() if isinstance(v, str)})
+    assert settings.input_shapes == (InputShape("x", "float32", (1, 8, 8)), InputShape("ids", "int64", (16,)))
+    assert settings.validation_uri == "s3://models/digits/val.npz"
+
+
+def test_loader_env_omits_inputs_and_validation_data_when_unset() -> None:
+    env = _env(_container(_deployment({}), c.CONTAINER_LOADER))
+    assert "MD_INPUT_SHAPES" not in env and "MD_VALIDATION_URI" not in env
+
+
 def test_pvc_source_is_mounted_read_only_into_the_loader() -> None:
     d = _deployment({"model": {"source": {"uri": "pvc://model-store/digits/3/model.onnx"}}})
     volumes = {v["name"]: v for v in _pod(d)["volumes"]}

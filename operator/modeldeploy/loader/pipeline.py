@@ -13,7 +13,7 @@ import numpy as np
 
 from ..resources.triton_config import Backend, ModelConfig, instance_groups, render_config
 from . import checkdata, checksum, onnx_meta, python_model, uri
-from .errors import FormatError
+from .errors import ConfigError, FormatError
 from .fetch import FetchOptions, fetch
 from .quantize import QuantizationReport, quantize_gated
 from .repository import Staging, runner_source
@@ -102,6 +102,11 @@ def run(s: LoaderSettings, env: Mapping[str, str]) -> Result:
     """Write `<repository>/<model_name>` or raise a LoaderError, leaving the repository as it was."""
     source = uri.parse(s.source_uri)
     validation_uri = uri.parse(s.validation_uri) if s.validation_uri else None
+    mounted_claim = source.bucket if source.scheme == "pvc" else None
+    if validation_uri and validation_uri.scheme == "pvc" and validation_uri.bucket != mounted_claim:
+        raise ConfigError(
+            f"MD_VALIDATION_URI: claim {validation_uri.bucket} is not mounted; only the model source's claim is"
+        )
     opts = FetchOptions(env=env, attempts=s.fetch_attempts, timeout_s=s.fetch_timeout_s, source_mount=s.source_mount)
     with Staging(s.repository, s.model_name) as stage:
         src = fetch(source, stage.work / "source", opts)

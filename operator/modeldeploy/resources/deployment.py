@@ -113,6 +113,11 @@ def loader_env(spec: ModelDeploymentSpec, images: Images) -> list[dict[str, Any]
             "preferredBatchSizes": list(model.dynamic_batching.preferred_batch_sizes),
         }
         env.append({"name": "MD_DYNAMIC_BATCHING", "value": json.dumps(batching, sort_keys=True)})
+    if model.inputs:
+        shapes = [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in model.inputs]
+        env.append({"name": "MD_INPUT_SHAPES", "value": json.dumps(shapes, separators=(",", ":"))})
+    if model.validation_data_uri:
+        env.append({"name": "MD_VALIDATION_URI", "value": model.validation_data_uri})
     if images.serving_backend:
         env.append({"name": "MD_BACKEND", "value": images.serving_backend})
     if model.source.pvc_claim:
