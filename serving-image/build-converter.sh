@@ -37,10 +37,10 @@ site=$layer/usr/local/lib/python3.11/dist-packages
 if [ ! -f "$layer/.complete" ]; then
   log "torch $torch_version layer (pip, ~4 GB with the CUDA libraries it imports)"
   rm -rf "$layer" && mkdir -p "$site"
-  "$py" -m pip install -q --progress-bar off --only-binary=:all: --python-version 3.11 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --target "$site" "torch==$torch_version" "onnxscript>=0.2,<1" "onnx>=1.16,<2" "numpy>=1.26,<2"
-  rm -rf "$site/bin"
+  # The host's python and glibc are the image's (3.11, Debian bookworm): pip picks the same wheels.
+  "$py" -m pip install -q --progress-bar off --only-binary=:all: --target "$site" "torch==$torch_version" "onnxscript>=0.2,<1" "onnx>=1.16,<2" "numpy>=1.26,<2"
+  # OpenAI's triton (1 GB) is torch.compile's GPU code generator; export never imports it.
+  rm -rf "$site/bin" "$site/triton" "$site"/triton-*.dist-info
   touch "$layer/.complete"
 fi
 du -sh "$layer" | sed 's/^/[converter-image] torch layer: /' >&2
