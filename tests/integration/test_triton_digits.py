@@ -19,7 +19,7 @@ import pytest
 
 from modeldeploy.loader.cli import main
 from tests.support import serving, serving_digits
-from tests.support.serving_models import echo_tarball
+from tests.support.serving_models import echo_tarball, failing_onnx
 
 pytestmark = pytest.mark.integration
 MAX_BATCH = 32
@@ -62,6 +62,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                                          "MD_MIN_AGREEMENT": "0.98", "MD_VALIDATION_URI": f"file://{val}"}),
         "digits-export": (f"file://{pt2}", {"MD_FORMAT": "pytorch-export"}),
         "echo": (f"file://{tarball}", {"MD_FORMAT": "python", "MD_DYNAMIC_BATCHING": "", "MD_MAX_BATCH_SIZE": "8"}),
+        # fails inside onnxruntime on every run; no warm-up, or Triton would refuse to load it
+        "failing": (f"file://{failing_onnx(work / 'failing.onnx')}", {"MD_FORMAT": "onnx", "MD_WARMUP": "false"}),
     }
     for name, (uri, env) in loads.items():
         code, msg = _load(work, name, uri, stub_site, **env)
@@ -194,3 +196,32 @@ def test_int8_slower_than_fp32_is_refused(served: Served, tmp_path: Path) -> Non
                       MD_MIN_AGREEMENT="0", MD_INPUT_SHAPES='[{"name": "x", "dtype": "float32", "shape": [1, 8, 8]}]')
     assert code == 1 and msg.startswith("int8 model rejected: slower than fp32"), msg
     assert not (tmp_path / "repo" / "small").exists()
+
+
+def test_a_model_failing_at_run_time_is_counted_as_failing(served: Served) -> None:
+    """Canary analysis reads nv_inference_request_failure: a broken model must show up there, alone
+    and inside a dynamic batch, while good requests to other models keep succeeding."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    def send(count: int) -> int:
+        client = httpclient.InferenceServerClient(served.server.http_url)
+        refused = 0
+        for _ in range(count):
+            inp = httpclient.InferInput("x", [2, 4], "FP32")
+            inp.set_data_from_numpy(np.ones((2, 4), dtype=np.float32))
+            try:
+                client.infer("failing", [inp])
+            except InferenceServerException:
+                refused += 1
+        return refused
+
+    assert send(5) == 5  # one at a time
+    threads = [threading.Thread(target=send, args=(10,)) for _ in range(4)]  # batched by Triton
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    text = served.server.metrics()
+    assert _metric(text, "nv_inference_request_failure", "failing") == 45
+    assert _metric(text, "nv_inference_request_success", "failing") == 0

@@ -67,6 +67,24 @@ def linear_onnx(path: Path, features: int = 4, classes: int = 3, seed: int = 0) 
     return w, b
 
 
+def failing_onnx(path: Path, features: int = 4) -> Path:
+    """x[batch, features] -> y[batch, 1] that fails inside onnxruntime on every run: Gather of
+    column 10 of a 4-column input (out of bounds, found only when the model runs)."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x", "idx"], ["y"], axis=1)],
+        "failing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(np.array([10], dtype=np.int64), "idx")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(path))
+    return path
+
+
 def echo_tarball(with_config: bool = True) -> bytes:
     """A user's Triton python model as a .tar.gz: <dir>/config.pbtxt + <dir>/1/model.py."""
     buf = io.BytesIO()

@@ -64,13 +64,28 @@ class TritonPythonModel:
     def _error(e):  # noqa: ANN001
         return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"inference failed: {e}"))
 
-    def _run_one(self, feed):  # noqa: ANN001
+    def _run_one(self, feed, run_errors):  # noqa: ANN001
         try:
             return self._response(self._run(feed))
         except Exception as e:  # a bad request must not take the others down
+            run_errors.append(e)
             return self._error(e)
 
     def execute(self, requests):  # noqa: ANN001, ANN201 - signature fixed by Triton
+        """Answer each request; raise when every one failed and the model itself was at fault.
+
+        Triton 2.51 counts a response that carries an error in nv_inference_request_success; only an
+        exception raised from execute() counts in nv_inference_request_failure. Raising when no request
+        could be answered (and at least one failed inside the model, not on its input) makes a broken
+        model visible to canary analysis without ever failing a request that had an answer.
+        """
+        run_errors = []
+        responses = self._answer(requests, run_errors)
+        if run_errors and all(r.has_error() for r in responses):
+            raise RuntimeError(f"inference failed: {run_errors[0]}")
+        return responses
+
+    def _answer(self, requests, run_errors):  # noqa: ANN001
         responses = [None] * len(requests)
         feeds = {}
         for i, request in enumerate(requests):
@@ -82,7 +97,7 @@ class TritonPythonModel:
             return responses
         if not self.batching or len(feeds) == 1 or not self._same_sample_shapes(feeds.values()):
             for i, feed in feeds.items():
-                responses[i] = self._run_one(feed)
+                responses[i] = self._run_one(feed, run_errors)
             return responses
         order = list(feeds)
         sizes = [len(feeds[i][self.inputs[0]]) for i in order]
@@ -91,7 +106,7 @@ class TritonPythonModel:
             outputs = self._run(merged)
         except Exception:  # find out which request is at fault: run them one by one
             for i in order:
-                responses[i] = self._run_one(feeds[i])
+                responses[i] = self._run_one(feeds[i], run_errors)
             return responses
         bounds = np.cumsum(sizes)[:-1]
         parts = [np.split(o, bounds, axis=0) for o in outputs]
