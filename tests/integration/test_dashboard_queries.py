@@ -4,8 +4,8 @@ A real tritonserver serves a python model (failing on negative input, dynamic ba
 every second by Debian's /usr/bin/prometheus with the target labels the chart's PodMonitor gives
 (job modeldeploy-triton; namespace, pod, modeldeploy_io_name, modeldeploy_io_revision). Prometheus
 also scrapes the operator's own metrics, served by prometheus_client from modeldeploy.telemetry's
-REGISTRY in this process, with the target labels of the chart's ServiceMonitor (which does not
-honor labels: the metrics' own `namespace` becomes `exported_namespace`). After real requests,
+REGISTRY in this process, with the target labels and honor_labels of the chart's ServiceMonitor
+(honored: the metrics' own `namespace`, the ModelDeployment's, wins). After real requests,
 every panel query (template variables substituted) must return data, every alert expression must
 be valid PromQL, and `promtool check rules` must accept the PrometheusRule's groups.
 """
@@ -92,6 +92,8 @@ def prom(triton: serving.TritonServer, operator_metrics: int,
     (pm,) = chart.by_kind(chart.render(*chart.MONITORING_ON), "PodMonitor")
     relabelings = pm["spec"]["podMetricsEndpoints"][0]["relabelings"]
     (job,) = [r["replacement"] for r in relabelings if r["targetLabel"] == "job"]
+    (sm,) = chart.by_kind(chart.render("serviceMonitor.enabled=true"), "ServiceMonitor")
+    honor = "true" if sm["spec"]["endpoints"][0].get("honorLabels") else "false"
     server = Prometheus(tmp_path_factory.mktemp("prometheus"), free_port())
     try:
         server.start(f"""\
@@ -101,6 +103,7 @@ def prom(triton: serving.TritonServer, operator_metrics: int,
         labels: {{namespace: {NAMESPACE}, pod: {POD},
                   modeldeploy_io_name: {MD_NAME}, modeldeploy_io_revision: "{REVISION}"}}
   - job_name: modeldeploy-operator
+    honor_labels: {honor}
     static_configs:
       - targets: ["127.0.0.1:{operator_metrics}"]
         labels: {{namespace: {OPERATOR_NAMESPACE}, pod: modeldeploy-operator-0}}
