@@ -65,7 +65,8 @@ def manual_command(annotations: Mapping[str, str]) -> str | None:
 
 def revision_counters(source: MetricsSource, pods: list[dict[str, Any]], revision: str, model: str,
                       namespace: str) -> Counters | None:
-    """One revision's request counters summed over its ready pods; None if any of them cannot be read.
+    """One revision's request counters over its ready pods (each pod's and the sum); None if any
+    of them cannot be read.
 
     A revision without ready pods served nothing: zero counters (the analysis then has no stable
     yardstick, or too few canary requests for a verdict), not missing data.
@@ -78,9 +79,8 @@ def revision_counters(source: MetricsSource, pods: list[dict[str, Any]], revisio
     scraped = source.pods(namespace, ready, model)
     if any(m is None for m in scraped.values()) or len(scraped) != len(ready):
         return None
-    return Counters(success=sum(m.success for m in scraped.values() if m),
-                    failure=sum(m.failure for m in scraped.values() if m),
-                    duration_us=sum(m.request_duration_us for m in scraped.values() if m))
+    return Counters.of_pods({name: (m.success, m.failure, m.request_duration_us)
+                             for name, m in scraped.items() if m is not None})
 
 
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:

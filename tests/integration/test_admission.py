@@ -78,3 +78,20 @@ def test_kubectl_explain_documents_fields(chart_installed: ClusterHandle) -> Non
     out = chart_installed.kubectl("explain", "modeldeployment.spec.rollout.analysis.maxLatencyRatio").stdout
     assert "DESCRIPTION" in out or "FIELD" in out
     assert "p99" in out.lower()
+
+
+def test_status_keeps_per_pod_canary_counters(chart_installed: ClusterHandle, admission_ns: str) -> None:
+    """A restarted operator reads status.canary.lastSample back: the apiserver must not prune the
+    per-pod counters (fields missing from the schema are dropped silently)."""
+    obj = _obj({"model": {"source": {"uri": "s3://models/digits/1/model.onnx"}}}, "status-sample")
+    chart_installed.kubectl("create", "-n", admission_ns, "-f", "-", input_text=json.dumps(obj))
+    sample = {"success": 30.0, "failure": 1.0, "durationUs": 900.0,
+              "pods": {"digits-a-1": {"success": 20.0, "failure": 1.0, "durationUs": 600.0},
+                       "digits-a-2": {"success": 10.0, "failure": 0.0, "durationUs": 300.0}}}
+    patch = {"status": {"canary": {"phase": "Progressing", "revision": "a", "step": 0,
+                                   "lastSample": {"canary": sample, "stable": sample}}}}
+    stored = json.loads(chart_installed.kubectl(
+        "patch", "modeldeployment", "status-sample", "-n", admission_ns, "--subresource=status", "--type=merge",
+        "-p", json.dumps(patch), "-o", "json").stdout)
+    assert stored["status"]["canary"]["lastSample"] == {"canary": sample, "stable": sample}
+    chart_installed.kubectl("delete", "modeldeployment", "status-sample", "-n", admission_ns, "--wait=false")

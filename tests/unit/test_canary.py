@@ -221,6 +221,28 @@ def test_counter_reset_counts_from_zero() -> None:
     assert Counters(5, 1, 60).minus(Counters(100, 3, 900)) == Counters(5, 1, 60)
 
 
+def test_window_is_taken_pod_by_pod_when_pods_come_and_go() -> None:
+    """Scaled down mid-step: the pod that left takes its requests with it (the sums alone dropped
+    and looked like a reset: the remaining pods' whole lifetime, old failures included, was judged)."""
+    before = Counters.of_pods({"p1": (1000, 50, 1e6), "p2": (1000, 0, 1e6), "p3": (1000, 0, 1e6)})
+    after = Counters.of_pods({"p1": (1100, 50, 1.1e6), "p2": (1100, 0, 1.1e6)})  # p3 removed
+    assert after.minus(before) == Counters(200, 0, 2e5)
+    assert Counters(after.success, after.failure, after.duration_us).minus(
+        Counters(before.success, before.failure, before.duration_us)) == Counters(2200, 0, 2.2e6)  # sums: wrong
+    grown = Counters.of_pods({"p1": (1100, 50, 1.1e6), "p4": (30, 1, 3e4)})  # p4 new: counts from 0
+    assert grown.minus(before) == Counters(130, 1, 1.3e5)
+    restarted = Counters.of_pods({"p1": (20, 0, 2e4)})  # p1's Triton restarted: its counter went down
+    assert restarted.minus(before) == Counters(20, 0, 2e4)
+    assert after.minus(Counters()) == Counters(2200, 50, 2.2e6)  # first sample of a step
+
+
+def test_per_pod_samples_survive_a_restart_and_old_status_still_works() -> None:
+    sample = Counters.of_pods({"p2": (7, 1, 80), "p1": (5, 0, 50)})
+    assert Counters.from_dict(sample.to_dict()) == sample
+    old = Counters.from_dict({"success": 12, "failure": 1, "durationUs": 130})  # written by an older operator
+    assert old.pods == () and sample.minus(old) == Counters(0, 0, 0)
+
+
 @pytest.mark.parametrize(("desired", "weight", "pods"), [
     (3, 34, 1), (3, 67, 2), (3, 99, 2), (3, 100, 3), (2, 50, 1), (1, 10, 1), (10, 10, 1), (10, 15, 2),
     (10, 1, 1), (4, 25, 1), (4, 75, 3), (0, 50, 0), (5, 0, 0),

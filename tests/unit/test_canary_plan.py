@@ -210,6 +210,6 @@ def test_revision_counters_sum_ready_pods_and_refuse_partial_data() -> None:
     pods = [_pod("a1", "a"), _pod("a2", "a"), _pod("a3", "a", ready=False), _pod("b1", "b")]
     m = TritonMetrics(success=10, failure=1, request_duration_us=500)
     got = revision_counters(Source({"a1": m, "a2": m, "a3": None}), pods, "a", "m", "ns")  # type: ignore[arg-type]
-    assert got == Counters(success=20, failure=2, duration_us=1000)
+    assert got == Counters(success=20, failure=2, duration_us=1000, pods=(("a1", 10, 1, 500), ("a2", 10, 1, 500)))
     assert revision_counters(Source({"b1": None}), pods, "b", "m", "ns") is None  # type: ignore[arg-type]
     assert revision_counters(Source({}), pods, "c", "m", "ns") == Counters()  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ is the interval's traffic. Too little traffic gives no verdict: silence never pr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,21 +18,43 @@ class Verdict:
     INCONCLUSIVE = "Inconclusive"
 
 
+PodCounts = tuple[str, float, float, float]  # pod name, success, failure, duration_us
+
+
+def _delta(now: float, before: float) -> float:
+    """A counter that went down was reset (the pod's Triton restarted): it counts from 0."""
+    return now - before if now >= before else now
+
+
 @dataclass(frozen=True)
 class Counters:
-    """Cumulative request counters of one revision (sum over its pods)."""
+    """Cumulative request counters of one revision: the sum over its pods, and each pod's own.
+
+    The per-pod values let the next window subtract pod by pod: when a pod leaves the revision
+    (scaled down mid-step) its requests leave with it, instead of the sum dropping and looking
+    like a reset of every pod (which counted the remaining pods' whole lifetime as one window).
+    """
 
     success: float = 0.0
     failure: float = 0.0
     duration_us: float = 0.0  # total request duration, microseconds
+    pods: tuple[PodCounts, ...] = ()  # sorted by name; empty for sums read from an older status
+
+    @staticmethod
+    def of_pods(per_pod: Mapping[str, tuple[float, float, float]]) -> Counters:
+        pods = tuple(sorted((name, *values) for name, values in per_pod.items()))
+        return Counters(sum(p[1] for p in pods), sum(p[2] for p in pods), sum(p[3] for p in pods), pods)
 
     def minus(self, earlier: Counters) -> Counters:
-        """The interval between two samples; a counter that went down (a pod restarted) counts from 0."""
-        def delta(now: float, before: float) -> float:
-            return now - before if now >= before else now
-
-        return Counters(delta(self.success, earlier.success), delta(self.failure, earlier.failure),
-                        delta(self.duration_us, earlier.duration_us))
+        """The traffic between two samples: pod by pod when both know their pods (a new pod counts
+        from 0, a pod gone is left out), else from the sums."""
+        if self.pods and (earlier.pods or earlier.requests == 0):
+            before = {name: (s, f, d) for name, s, f, d in earlier.pods}
+            windows = [(_delta(s, b[0]), _delta(f, b[1]), _delta(d, b[2]))
+                       for name, s, f, d in self.pods for b in [before.get(name, (0.0, 0.0, 0.0))]]
+            return Counters(sum(w[0] for w in windows), sum(w[1] for w in windows), sum(w[2] for w in windows))
+        return Counters(_delta(self.success, earlier.success), _delta(self.failure, earlier.failure),
+                        _delta(self.duration_us, earlier.duration_us))
 
     @property
     def requests(self) -> float:
@@ -45,13 +68,19 @@ class Counters:
     def mean_latency_s(self) -> float:
         return self.duration_us / self.requests / 1e6 if self.requests else 0.0
 
-    def to_dict(self) -> dict[str, float]:
-        return {"success": self.success, "failure": self.failure, "durationUs": self.duration_us}
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"success": self.success, "failure": self.failure, "durationUs": self.duration_us}
+        if self.pods:
+            d["pods"] = {name: {"success": s, "failure": f, "durationUs": du} for name, s, f, du in self.pods}
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> Counters:
         d = d or {}
-        return Counters(float(d.get("success", 0)), float(d.get("failure", 0)), float(d.get("durationUs", 0)))
+        pods = d.get("pods") or {}
+        return Counters(float(d.get("success", 0)), float(d.get("failure", 0)), float(d.get("durationUs", 0)),
+                        tuple(sorted((str(name), float(v.get("success", 0)), float(v.get("failure", 0)),
+                                      float(v.get("durationUs", 0))) for name, v in pods.items())))
 
 
 @dataclass(frozen=True)
