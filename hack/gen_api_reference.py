@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from generated import write_or_check
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "crds" / "modeldeploy.io_modeldeployments.yaml"
@@ -150,24 +151,12 @@ def render() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _shown(path: Path) -> str:
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Write the reference, or with --check say whether it is current."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="exit 1 when docs/api-reference.md is stale")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not TARGET.exists() or TARGET.read_text() != text:
-            print(f"{_shown(TARGET)} is stale: run `make api-reference`", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
-    print(f"wrote {_shown(TARGET)}")
-    return 0
+    return write_or_check(TARGET, render(), check=args.check, remedy="make api-reference", root=ROOT)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from generated import write_or_check
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "charts" / "modeldeploy" / "argocd" / "health.lua"
 TARGET = ROOT / "docs" / "argocd-health.yaml"
@@ -61,15 +63,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="exit 1 when the generated file is stale")
     args = parser.parse_args()
-    wanted = render(SOURCE.read_text())
-    if args.check:
-        if not TARGET.exists() or TARGET.read_text() != wanted:
-            print(f"{TARGET.relative_to(ROOT)} is stale: run `python hack/gen_argocd_snippet.py`", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(wanted)
-    print(f"wrote {TARGET.relative_to(ROOT)}")
-    return 0
+    return write_or_check(TARGET, render(SOURCE.read_text()), check=args.check,
+                          remedy="python hack/gen_argocd_snippet.py", root=ROOT)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from generated import write_or_check
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "crds"
 TARGET = ROOT / "charts" / "modeldeploy" / "templates" / "crds.yaml"
@@ -39,15 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    wanted = render()
-    if args.check:
-        if not TARGET.exists() or TARGET.read_text() != wanted:
-            print(f"{TARGET.relative_to(ROOT)} is stale: run `make chart-crds`", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(wanted)
-    print(f"wrote {TARGET.relative_to(ROOT)}")
-    return 0
+    return write_or_check(TARGET, render(), check=args.check, remedy="make chart-crds", root=ROOT)
 
 
 if __name__ == "__main__":
