@@ -18,7 +18,6 @@ behaviour, not measured here (no metrics server on this machine).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "hack")]
 
+from benchmarks._report import write_json  # noqa: E402
 from tests.support import cluster as cluster_support  # noqa: E402
 from tests.support.cluster import ClusterHandle, wait_for  # noqa: E402
 from tests.support.load import Load  # noqa: E402
@@ -123,9 +123,7 @@ def main() -> int:
               "hpa_default_first_decision_s": [15, 30]}
     print(f"median load step -> decision {decision:.1f}s = {decision / TICK_S:.1f} ticks (goal <= 2); -> pod Ready "
           f"{ready:.1f}s; the HPA's default first decision comes after 15-30s (documented, not measured)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return 0
 
 

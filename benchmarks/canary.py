@@ -18,7 +18,6 @@ is its documented configuration, not measured here.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "hack")]
 
+from benchmarks._report import write_json  # noqa: E402
 from tests.support import cluster as cluster_support  # noqa: E402
 from tests.support.bad_models import bad_digits_tarball  # noqa: E402
 from tests.support.cluster import ClusterHandle, wait_for  # noqa: E402
@@ -130,9 +130,7 @@ def main() -> int:
     print(f"median first error -> zero canary traffic: {median:.1f}s = {median / args.interval:.2f} analysis "
           f"intervals (goal <= 2); Flagger's default configuration reacts after {60 * 5}s "
           f"({60 * 5 / median:.0f}x slower, documented, not measured)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return 0
 
 

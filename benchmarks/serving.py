@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
 from benchmarks._load import LoadResult, run_load  # noqa: E402
+from benchmarks._report import write_json  # noqa: E402
 from tests.support import serving, serving_digits  # noqa: E402
 
 MAX_BATCH = 32
@@ -433,14 +434,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 case = resnet_case(work, args.resnet_duration, 4.0)
             results["models"][name] = bench_model(case, levels, work, not args.no_torchserve)
-            if args.json:  # after each model, so a later failure keeps what was measured
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(results, indent=2, default=str))
+            write_json(args.json, results)  # after each model, so a later failure keeps what was measured
         results["wall_seconds"] = round(time.monotonic() - started, 1)
         results["table"] = print_table(results)
+        write_json(args.json, results)
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2, default=str))
             log(f"wrote {args.json}")
     return 0
 
