@@ -49,7 +49,8 @@ integration: setup
 e2e: setup
 	@$(STEP) "end-to-end tests (real pods)" .venv/bin/pytest tests/e2e -q
 
-test: setup lint
+# The images are built here, with progress, rather than silently inside the e2e tests' fixtures.
+test: setup lint images converter-image
 	@$(STEP) "all test tiers: unit, integration, e2e" .venv/bin/pytest tests -q -p no:cacheprovider
 
 cluster-up: setup
