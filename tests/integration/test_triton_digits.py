@@ -19,7 +19,7 @@ import pytest
 
 from modeldeploy.loader.cli import main
 from tests.support import serving, serving_digits
-from tests.support.serving_models import echo_tarball, failing_onnx
+from tests.support.serving_models import echo_tarball, failing_onnx, lookup_onnx
 
 pytestmark = pytest.mark.integration
 MAX_BATCH = 32
@@ -64,6 +64,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "echo": (f"file://{tarball}", {"MD_FORMAT": "python", "MD_DYNAMIC_BATCHING": "", "MD_MAX_BATCH_SIZE": "8"}),
         # fails inside onnxruntime on every run; no warm-up, or Triton would refuse to load it
         "failing": (f"file://{failing_onnx(work / 'failing.onnx')}", {"MD_FORMAT": "onnx", "MD_WARMUP": "false"}),
+        "lookup": (f"file://{lookup_onnx(work / 'lookup.onnx')}", {"MD_FORMAT": "onnx", "MD_WARMUP": "false"}),
     }
     for name, (uri, env) in loads.items():
         code, msg = _load(work, name, uri, stub_site, **env)
@@ -225,3 +226,41 @@ def test_a_model_failing_at_run_time_is_counted_as_failing(served: Served) -> No
     text = served.server.metrics()
     assert _metric(text, "nv_inference_request_failure", "failing") == 45
     assert _metric(text, "nv_inference_request_success", "failing") == 0
+
+
+def test_a_bad_request_never_fails_the_good_ones_batched_with_it(served: Served) -> None:
+    """A request the model cannot answer gets its error; the requests batched with it get answers.
+    Alone, the failing request is counted as a failure (the runner raises when nothing succeeded)."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    def ask(first: float) -> float | None:
+        client = httpclient.InferenceServerClient(served.server.http_url)
+        inp = httpclient.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.array([[first, 0, 0, 0]], dtype=np.float32))
+        try:
+            return float(client.infer("lookup", [inp]).as_numpy("y")[0, 0])
+        except InferenceServerException:
+            return None
+
+    before = _metric(served.server.metrics(), "nv_inference_request_failure", "lookup")
+    assert [ask(9) for _ in range(3)] == [None] * 3  # alone: each counted as a failure
+    assert _metric(served.server.metrics(), "nv_inference_request_failure", "lookup") == before + 3
+
+    answers: dict[int, float | None] = {}
+
+    def sender(k: int) -> None:
+        for j in range(10):
+            answers[k * 10 + j] = ask(9 if k % 4 == 0 else (k + j) % 4)
+
+    threads = [threading.Thread(target=sender, args=(k,)) for k in range(8)]  # 2 bad senders of 8
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, got in answers.items():
+        k, j = divmod(i, 10)
+        want = None if k % 4 == 0 else float((k + j) % 4 * 10)
+        assert got == want, (k, j, got)
+    text = served.server.metrics()  # the good and bad requests did share executions
+    assert _metric(text, "nv_inference_exec_count", "lookup") < _metric(text, "nv_inference_count", "lookup")

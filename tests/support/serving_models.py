@@ -85,6 +85,27 @@ def failing_onnx(path: Path, features: int = 4) -> Path:
     return path
 
 
+def lookup_onnx(path: Path, table: int = 4) -> Path:
+    """x[batch, 4] -> y[batch, 1] = TABLE[int(x[:, 0])]: answers when x[:, 0] < `table`, and fails
+    inside onnxruntime (index out of range) for any other request, alone or batched with others."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x", "zero"], ["first"], axis=1),
+         helper.make_node("Cast", ["first"], ["idx"], to=TensorProto.INT64),
+         helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+         numpy_helper.from_array(np.arange(table, dtype=np.float32).reshape(table, 1) * 10, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(path))
+    return path
+
+
 def echo_tarball(with_config: bool = True) -> bytes:
     """A user's Triton python model as a .tar.gz: <dir>/config.pbtxt + <dir>/1/model.py."""
     buf = io.BytesIO()
