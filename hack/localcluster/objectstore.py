@@ -41,7 +41,19 @@ class Store:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
                 "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": REGION}
 
+    busy_retry_s: float = 30.0  # how long a 503 (MinIO still initialising, or busy) is retried
+
     def _request(self, method: str, path: str, body: bytes = b"") -> int:
+        """The HTTP status of one signed request. 503 (S3's "slow down / try again") is retried:
+        a loaded CI run got it for a bucket creation right after /minio/health/ready said 200."""
+        deadline = time.monotonic() + self.busy_retry_s
+        while True:
+            code = self._request_once(method, path, body)
+            if code != 503 or time.monotonic() >= deadline:
+                return code
+            time.sleep(0.2)
+
+    def _request_once(self, method: str, path: str, body: bytes) -> int:
         host = self.endpoint.removeprefix("http://")
         creds = sigv4.Credentials(self.access_key, self.secret_key)
         headers = sigv4.sign(method, host, path, {}, {}, creds, REGION, datetime.now(UTC),
