@@ -540,9 +540,9 @@ def _parse_model(m: Mapping[str, Any], default_name: str | None) -> ModelSpec:
 
 def _check_same_claim(uri: str, source: SourceSpec) -> None:
     """The loader mounts only the source's claim, so a pvc:// validation file must live on it."""
-    if not uri.startswith("pvc://"):
+    claim = SourceSpec(uri=uri).pvc_claim
+    if claim is None:
         return
-    claim = uri[len("pvc://") :].split("/", 1)[0]
     if claim != source.pvc_claim:
         raise SpecError(
             "spec.model.validationDataUri",
