@@ -13,14 +13,17 @@ chart-crds: python
 api-reference: python
 	@$(PY) hack/gen_api_reference.py
 
-.PHONY: images converter-image chart-crds api-reference help setup system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
+.PHONY: images converter-image chart-crds api-reference help setup demo-setup test-tools system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
 
 help:
 	@echo "make demo    set up everything, start a local cluster, run the operator"
 	@echo "make test    set up everything and run all test tiers (lint, unit, integration, e2e)"
 	@echo "make lint | unit | integration | e2e | images | converter-image | cluster-up | cluster-down | cluster-status"
 
-setup: system python binaries
+# `make demo` builds only what the demo needs; `make test` adds the test-only tools.
+setup: demo-setup test-tools
+
+demo-setup: system python binaries
 
 system:
 	@$(STEP) "system packages (apt, only the missing ones)" hack/setup-system.sh
@@ -33,6 +36,8 @@ binaries: python
 		$(PY) -m localcluster build
 	@$(STEP) "MinIO, the S3-compatible store (built once from the Go module proxy, cached)" hack/triton/build-minio.sh
 	@$(STEP) "Triton Inference Server (from the nvidia-pytriton wheel, cached)" hack/triton/fetch.sh
+
+test-tools: python
 	@$(STEP) "argocd CLI, to test the Argo CD health check (built once from the Go module proxy, cached)" hack/build-argocd.sh
 	@$(STEP) "Gateway API CRDs, to test the canary's HTTPRoute (from the Go module proxy, cached)" hack/fetch-gateway-api-crds.sh
 
@@ -62,7 +67,7 @@ cluster-down: python
 cluster-status: python
 	@$(LOCALCLUSTER) status
 
-images: setup
+images: demo-setup
 	@$(STEP) "serving image and operator image (built without Docker, only when their inputs change)" \
 		hack/images/ensure.sh
 	@ls -lh out/*.tar | awk '{print "  " $$5 "  " $$9}'
@@ -72,5 +77,5 @@ converter-image: setup
 		hack/images/ensure.sh --converter
 	@ls -lh out/modeldeploy-converter.tar | awk '{print "  " $$5 "  " $$9}'
 
-demo: setup
+demo: demo-setup
 	@$(STEP) "demo" hack/demo.sh
