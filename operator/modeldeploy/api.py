@@ -39,7 +39,8 @@ DEFAULT_SCALE_DOWN_DELAY: Final = "300s"
 DEFAULT_STABLE_WINDOW: Final = "60s"
 DEFAULT_PANIC_WINDOW: Final = "6s"
 DEFAULT_STRATEGY: Final = "Canary"
-DEFAULT_MAX_SURGE_GPUS: Final = 0
+DEFAULT_MAX_SURGE_GPUS: Final[int | None] = None  # unset: one pod (rollout/replicas.py)
+DEFAULT_PROGRESS_DEADLINE: Final = "10m"
 DEFAULT_STEP_PAUSE: Final = "60s"
 DEFAULT_STEPS: Final = ((10, "60s"), (50, "120s"))
 DEFAULT_ANALYSIS_INTERVAL: Final = "15s"
@@ -312,13 +313,14 @@ class RolloutSpec:
     """How a new revision replaces the old one."""
 
     strategy: str = DEFAULT_STRATEGY
-    max_surge_gpus: int = DEFAULT_MAX_SURGE_GPUS
+    max_surge_gpus: int | None = DEFAULT_MAX_SURGE_GPUS  # None: one pod, whatever GPUs it needs
     steps: tuple[CanaryStep, ...] = field(
         default_factory=lambda: tuple(CanaryStep(w, parse_duration(p)) for w, p in DEFAULT_STEPS)
     )
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     validation: ValidationSpec | None = None
     gateway_api: GatewayAPISpec = field(default_factory=GatewayAPISpec)
+    progress_deadline: float = 600.0  # seconds a live canary may go without progress before it is rolled back
 
 
 @dataclass(frozen=True)
@@ -803,12 +805,22 @@ def _parse_rollout(m: Mapping[str, Any]) -> RolloutSpec:
     routing = _section(m, "trafficRouting", f"{p}.trafficRouting")
     return RolloutSpec(
         strategy=strategy,
-        max_surge_gpus=_int(m, "maxSurgeGpus", f"{p}.maxSurgeGpus", DEFAULT_MAX_SURGE_GPUS, 0, 1024),
+        max_surge_gpus=None if m.get("maxSurgeGpus") is None else
+        _int(m, "maxSurgeGpus", f"{p}.maxSurgeGpus", None, 0, 1024),
         steps=_parse_steps(m.get("steps")),
         analysis=_parse_analysis(_section(m, "analysis", f"{p}.analysis")),
         validation=validation,
         gateway_api=_parse_gateway(_section(routing, "gatewayAPI", f"{p}.trafficRouting.gatewayAPI")),
+        progress_deadline=_progress_deadline(m, f"{p}.progressDeadline"),
     )
+
+
+def _progress_deadline(m: Mapping[str, Any], path: str) -> float:
+    seconds = _duration(m, "progressDeadline", path, DEFAULT_PROGRESS_DEADLINE)
+    assert seconds is not None
+    if seconds < 1:
+        raise SpecError(path, "must be at least 1s")
+    return seconds
 
 
 def parse_spec(spec: Mapping[str, Any], *, name: str | None = None) -> ModelDeploymentSpec:

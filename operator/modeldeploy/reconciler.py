@@ -7,6 +7,7 @@ and the switch's state live in status, never in the operator's memory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -19,9 +20,9 @@ from typing import Any
 from . import api, constants, telemetry
 from .config import Settings
 from .kube import events
-from .kube.client import Conflict, Kube, NotFound
+from .kube.client import Conflict, Forbidden, Kube, NotFound
 from .metrics.source import MetricsSource, source_from_settings
-from .planning import canary_plan, drift, observe, status, switch
+from .planning import canary_plan, drift, observe, ownership, status, switch
 from .resources import Images, build_deployment, build_pdb, build_services, image_inputs
 from .resources.httproute import build_httproute
 from .rollout import canary
@@ -32,6 +33,9 @@ from .validation import Validator
 log = logging.getLogger(__name__)
 
 ROUTE_API_RECHECK_SECONDS = 60.0  # how long "is the Gateway API installed" is trusted
+CONFLICT_RETRIES = 8  # passes run again at once after a 409, before the backoff retry takes over
+RETRY_BASE_SECONDS = 1.0  # a failed pass is retried after 1, 2, 4 ... seconds
+RETRY_MAX_SECONDS = 60.0
 
 
 @dataclass
@@ -40,6 +44,7 @@ class PassResult:
 
     writes: int = 0
     decisions: list[tuple[str, str]] = field(default_factory=list)  # (event reason, message)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (event reason, message), Warning events
     phase: str | None = None
 
 
@@ -65,8 +70,8 @@ def manual_command(annotations: Mapping[str, str]) -> str | None:
 
 def revision_counters(source: MetricsSource, pods: list[dict[str, Any]], revision: str, model: str,
                       namespace: str) -> Counters | None:
-    """One revision's request counters over its ready pods (each pod's and the sum); None if any
-    of them cannot be read.
+    """One revision's request counters over its ready pods (each pod's and the sum) and its p99
+    latency (the highest pod p99, see analysis.revision_p99); None if any of them cannot be read.
 
     A revision without ready pods served nothing: zero counters (the analysis then has no stable
     yardstick, or too few canary requests for a verdict), not missing data.
@@ -80,13 +85,8 @@ def revision_counters(source: MetricsSource, pods: list[dict[str, Any]], revisio
     if any(m is None for m in scraped.values()) or len(scraped) != len(ready):
         return None
     return Counters.of_pods({name: (m.success, m.failure, m.request_duration_us)
-                             for name, m in scraped.items() if m is not None})
-
-
-def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    """Only objects whose controller is this ModelDeployment are ours to change or delete."""
-    return any(ref.get("uid") == uid and ref.get("controller")
-               for ref in obj.get("metadata", {}).get("ownerReferences", []))
+                             for name, m in scraped.items() if m is not None},
+                            {name: m.request_p99_us for name, m in scraped.items() if m is not None})
 
 
 class Reconciler:
@@ -97,10 +97,11 @@ class Reconciler:
         self.settings = settings
         self._guard = threading.Lock()
         self._state: dict[tuple[str, str], str] = {}  # key -> "running" | "pending"
+        self._failures: dict[tuple[str, str], int] = {}  # consecutive failed passes, for the backoff
+        self.retry_failed_passes = True
         self.metrics: MetricsSource = source_from_settings(settings)
         self.validator = Validator(kube, settings)
-        self._route_api: tuple[bool, float] | None = None  # (HTTPRoute API installed, when checked)
-        self._route_warned: set[str] = set()
+        self._route_api: tuple[str, float] | None = None  # (installed | missing | forbidden, when checked)
 
     def images(self) -> Images:
         return Images(serving=self.settings.serving_image, loader=self.settings.loader_image,
@@ -109,6 +110,9 @@ class Reconciler:
 
     # --- coalescing: bursts of events for one object become one or two passes -------------------
     def request(self, namespace: str, name: str) -> None:
+        """Run a pass for the object now, or once more after the running one; a pass that fails is
+        retried here with backoff (kopf does not retry event handlers, and a decision must not wait
+        for the next event or resync)."""
         key = (namespace, name)
         with self._guard:
             if key in self._state:
@@ -117,17 +121,43 @@ class Reconciler:
             self._state[key] = "running"
         try:
             while True:
-                self._timed_pass(namespace, name)
+                self._pass_with_retries(namespace, name)
                 with self._guard:
                     if self._state.get(key) == "pending":
                         self._state[key] = "running"
                         continue
                     del self._state[key]
+                    self._failures.pop(key, None)
                     return
-        except BaseException:
+        except BaseException as e:
             with self._guard:
                 self._state.pop(key, None)
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+            if isinstance(e, Exception) and self.retry_failed_passes:
+                delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (failures - 1))
+                log.warning("%s/%s: pass failed (%s: %s); retrying in %.0fs", namespace, name,
+                            type(e).__name__, e, delay)
+                timer = threading.Timer(delay, self._retry, args=(namespace, name))
+                timer.daemon = True
+                timer.start()
             raise
+
+    def _retry(self, namespace: str, name: str) -> None:
+        with contextlib.suppress(Exception):  # request() already logged it and scheduled the next try
+            self.request(namespace, name)
+
+    def _pass_with_retries(self, namespace: str, name: str) -> PassResult:
+        """A pass that lost a race (409: status or an annotation changed since it read the object)
+        changed nothing; it runs again at once on fresh state, a few times."""
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return self._timed_pass(namespace, name)
+            except Conflict:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+                telemetry.ERRORS.labels(type="ConflictRetried").inc()
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _timed_pass(self, namespace: str, name: str) -> PassResult:
         began = time.perf_counter()
@@ -147,6 +177,12 @@ class Reconciler:
 
     # --- the pass ----------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str) -> PassResult:
+        """Decide, record the decision in status (with a precondition), then act on it.
+
+        Status is written before any child changes: a pass that loses a race (409) has changed
+        nothing and is retried on fresh state, and a recorded decision (a rollback, a step) is never
+        undone by a later pass that did not see it.
+        """
         result = PassResult()
         md = self.kube.get_or_none(constants.KIND, namespace, name)
         if md is None or md["metadata"].get("deletionTimestamp"):
@@ -166,41 +202,59 @@ class Reconciler:
 
         current = api.revision_hash(spec, images=image_inputs(spec, self.images()))
         selector = {constants.LABEL_NAME: name}
-        deployments = [d for d in self.kube.list("Deployment", namespace, selector) if owned_by(d, meta["uid"])]
+        deployments = [d for d in self.kube.list("Deployment", namespace, selector)
+                       if ownership.controlled_by(d, meta["uid"])]
         pods = self.kube.list("Pod", namespace, selector)
         observed = observe.summarise(deployments, pods, now)
         desired_replicas = self.desired_replicas(spec, previous)
         switch_input = switch.SwitchInput(
-            desired_replicas=desired_replicas, gpus_per_pod=spec.serving.gpus,
-            max_surge_gpus=spec.rollout.max_surge_gpus, strategy=spec.rollout.strategy, current=current,
-            stable=previous.get("stableRevision"), failed=previous.get("failedRevision"),
+            desired_replicas=desired_replicas, gpus_per_pod=spec.serving.gpus, strategy=spec.rollout.strategy,
+            current=current, stable=previous.get("stableRevision"), failed=previous.get("failedRevision"),
             startup_timeout_seconds=spec.serving.startup_timeout_seconds)
         cplan = self._plan(md, spec, switch_input, observed, pods)
         plan = cplan.plan
 
-        self._apply_revisions(md, spec, current, plan, observed, result)
-        self._apply_services(md, spec, plan.stable or current, current, result, cplan.main_service_revision)
-        if spec.rollout.gateway_api.enabled:
-            self._apply_route(md, spec, cplan, result)
-        for rev in plan.retire:
-            state = observed[rev]
-            self.kube.delete("Deployment", namespace, state.deployment, uid=state.uid)
-            result.decisions.append((switch.Reason.RETIRED, f"deleted Deployment {state.deployment} (revision {rev})"))
+        children = self._children(md, spec, current, plan, cplan)
+        route, route_note = self._route(md, spec, cplan, observed)
+        if route is not None:
+            children.append(route)
+        live = {ownership.key(obj): self.kube.get_or_none(obj["kind"], namespace, obj["metadata"]["name"])
+                for obj in children}
+        conflicts = ownership.conflicts(children, live, meta["uid"])
 
         weight = cplan.decision.weight if cplan.decision else 0.0
         desired_status = status.compute(status.StatusInput(
             name=name, namespace=namespace, model_name=spec.model.name, generation=generation, current=current,
             desired_replicas=desired_replicas, plan=plan, observed=observed, previous=previous,
-            now=_rfc3339(now), canary=cplan.state, canary_weight=weight))
+            now=_rfc3339(now), canary=cplan.state, canary_weight=weight,
+            conflicts=tuple(conflicts.values()), notes=(route_note,) if route_note else ()))
+        told = set(previous.get("warnings") or ())
         desired_status["canary"] = canary.to_status(cplan.state, cplan.decision) if cplan.state else None
         result.phase = desired_status["phase"]
-        self._write_status(md, previous, desired_status)
+        self._write_status(md, previous, desired_status)  # Conflict: nothing changed yet, the pass is retried
+
+        for obj in children:
+            k = ownership.key(obj)
+            if k in conflicts:
+                if conflicts[k] not in told:  # one event when first seen, the condition meanwhile
+                    result.warnings.append((status.Reason.OWNERSHIP_CONFLICT, conflicts[k]))
+                continue
+            self._apply_child(obj, live[k], spec, current, result)
+        self._scale_older(md, current, plan, observed, result)
+        for rev in plan.retire:
+            state = observed[rev]
+            self.kube.delete("Deployment", namespace, state.deployment, uid=state.uid)
+            result.decisions.append((switch.Reason.RETIRED, f"deleted Deployment {state.deployment} (revision {rev})"))
+        if route_note and route_note not in told:
+            result.warnings.append(("GatewayAPIUnavailable", route_note))
+
         self._consume_manual(md, cplan)
         if cplan.state is not None:
             telemetry.record_canary(namespace, name, cplan.state.phase, weight, cplan.state.step)
         notes = [("Warning" if reason == switch.Reason.FAILED else "Normal", reason, message)
                  for reason, message in (*plan.decisions, *result.decisions)]
-        for kind, reason, message in (*cplan.events, *notes):
+        warnings = [("Warning", reason, message) for reason, message in result.warnings]
+        for kind, reason, message in (*cplan.events, *notes, *warnings):
             events.post(self.kube, md, kind, reason, message)
             log.log(logging.WARNING if kind == "Warning" else logging.INFO, "%s/%s: %s: %s",
                     namespace, name, reason, message)
@@ -260,68 +314,81 @@ class Reconciler:
             return max(spec.autoscaling.min_replicas, min(spec.autoscaling.max_replicas, spec.replicas))
         return spec.replicas
 
-    def _apply_revisions(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, current: str,
-                         plan: switch.SwitchPlan, observed: Mapping[str, observe.RevisionState],
-                         result: PassResult) -> None:
+    def _children(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, current: str,
+                  plan: switch.SwitchPlan, cplan: canary_plan.CanaryPlan) -> list[dict[str, Any]]:
+        """Every child this pass wants as a whole object: the current revision's Deployment (when the
+        plan runs it), the Services and the PodDisruptionBudget."""
         meta = md["metadata"]
+        out: list[dict[str, Any]] = []
+        if current in plan.replicas:
+            out.append(build_deployment(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
+                                        spec=spec, revision=current, replicas=plan.replicas[current],
+                                        images=self.images(), role="stable" if current == plan.stable else "canary"))
+        out += build_services(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
+                              stable_revision=plan.stable or current, canary_revision=current,
+                              main_revision=cplan.main_service_revision)
+        out.append(build_pdb(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
+                             replicas=spec.replicas))
+        return out
+
+    def _apply_child(self, desired: dict[str, Any], live: Mapping[str, Any] | None, spec: api.ModelDeploymentSpec,
+                     current: str, result: PassResult) -> None:
+        if not drift.needs_apply(desired, live):
+            return
+        self.kube.apply(desired)
+        kind, obj_name = desired["kind"], desired["metadata"]["name"]
+        if kind == "Deployment":
+            verb, reason = ("created", switch.Reason.CREATED) if live is None else ("updated", switch.Reason.UPDATED)
+            result.decisions.append((reason, f"{verb} Deployment {obj_name} (revision {current}, model version "
+                                             f"{spec.model.version}, {desired['spec']['replicas']} replicas)"))
+        elif kind == "HTTPRoute":
+            weights = [b.get("weight") for r in desired["spec"].get("rules", []) for b in r.get("backendRefs", [])]
+            result.decisions.append(("RouteUpdated", f"HTTPRoute {obj_name}: backend weights {weights}"))
+        elif live is None:
+            result.decisions.append(("Created", f"created {kind} {obj_name}"))
+
+    def _scale_older(self, md: Mapping[str, Any], current: str, plan: switch.SwitchPlan,
+                     observed: Mapping[str, observe.RevisionState], result: PassResult) -> None:
+        """An older revision is only ever scaled: its pod template stays exactly as it was."""
         for rev, replicas in plan.replicas.items():
-            if rev == current:
-                desired = build_deployment(md_name=meta["name"], namespace=meta["namespace"],
-                                           owner_uid=meta["uid"], spec=spec, revision=rev, replicas=replicas,
-                                           images=self.images(), role="stable" if rev == plan.stable else "canary")
-                live = self.kube.get_or_none("Deployment", meta["namespace"], desired["metadata"]["name"])
-                if drift.needs_apply(desired, live):
-                    self.kube.apply(desired)
-                    verb, reason = ("created", switch.Reason.CREATED) if live is None else \
-                        ("updated", switch.Reason.UPDATED)
-                    result.decisions.append((reason, f"{verb} Deployment {desired['metadata']['name']} "
-                                                     f"(revision {rev}, model version {spec.model.version}, "
-                                                     f"{replicas} replicas)"))
-            elif rev in observed and observed[rev].spec_replicas != replicas:
-                # An older revision is only ever scaled: its pod template stays exactly as it was.
+            if rev != current and rev in observed and observed[rev].spec_replicas != replicas:
                 state = observed[rev]
-                self.kube.scale("Deployment", meta["namespace"], state.deployment, replicas)
+                self.kube.scale("Deployment", md["metadata"]["namespace"], state.deployment, replicas)
                 result.decisions.append((switch.Reason.SCALED,
                                          f"scaled revision {rev}: {state.spec_replicas} -> {replicas}"))
 
-    def _apply_services(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, stable: str, current: str,
-                        result: PassResult, main_revision: str | None = None) -> None:
-        meta = md["metadata"]
-        wanted = [*build_services(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
-                                  stable_revision=stable, canary_revision=current, main_revision=main_revision),
-                  build_pdb(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
-                            replicas=spec.replicas)]
-        for obj in wanted:
-            live = self.kube.get_or_none(obj["kind"], meta["namespace"], obj["metadata"]["name"])
-            if drift.needs_apply(obj, live):
-                self.kube.apply(obj)
-                if live is None:
-                    result.decisions.append(("Created", f"created {obj['kind']} {obj['metadata']['name']}"))
-
-    def _apply_route(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, cplan: canary_plan.CanaryPlan,
-                     result: PassResult) -> None:
-        """The HTTPRoute `<name>` with the canary's weight, when the Gateway API is installed."""
+    def _route(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, cplan: canary_plan.CanaryPlan,
+               observed: Mapping[str, observe.RevisionState]) -> tuple[dict[str, Any] | None, str]:
+        """The HTTPRoute `<name>` when weighted routing is on and the API can be used, else a note
+        saying why not (the API is not installed, or RBAC forbids it: two different fixes)."""
+        if not spec.rollout.gateway_api.enabled:
+            return None, ""
         meta = md["metadata"]
         now = time.monotonic()
         if self._route_api is None or now - self._route_api[1] > ROUTE_API_RECHECK_SECONDS:
-            self._route_api = (self.kube.kind_installed("HTTPRoute"), now)
-        if not self._route_api[0]:
-            if meta["uid"] not in self._route_warned:  # once per object and operator run, not every pass
-                self._route_warned.add(meta["uid"])
-                result.decisions.append(("GatewayAPIMissing", "spec.rollout.trafficRouting.gatewayAPI is enabled "
-                                         "but the HTTPRoute API is not installed: traffic splits by pod count"))
-            return
+            try:
+                found = "installed" if self.kube.kind_installed("HTTPRoute", meta["namespace"]) else "missing"
+            except Forbidden:
+                found = "forbidden"
+            self._route_api = (found, now)
+        found = self._route_api[0]
+        if found == "missing":
+            return None, ("spec.rollout.trafficRouting.gatewayAPI is enabled but the HTTPRoute API is not "
+                          "installed: traffic splits by pod count")
+        if found == "forbidden":
+            return None, (f"spec.rollout.trafficRouting.gatewayAPI is enabled but RBAC forbids the operator to "
+                          f"use httproutes.gateway.networking.k8s.io in namespace {meta['namespace']}: grant it "
+                          f"(the chart's rbac.gatewayAPI value); traffic splits by pod count meanwhile")
         state = cplan.state
         live = state is not None and state.phase not in canary.DONE
         step_weight = spec.rollout.steps[min(state.step, len(spec.rollout.steps) - 1)].weight if state else 0
-        weight = 0 if not live or cplan.main_service_revision else route_weight(state.phase if state else None,
-                                                                                 step_weight)
-        desired = build_httproute(meta["name"], meta["namespace"], meta["uid"], spec.rollout.gateway_api.parent_refs,
-                                  weight)
-        live_route = self.kube.get_or_none("HTTPRoute", meta["namespace"], meta["name"])
-        if drift.needs_apply(desired, live_route):
-            self.kube.apply(desired)
-            result.decisions.append(("RouteUpdated", f"HTTPRoute {meta['name']}: canary weight {weight}%"))
+        weight = 0
+        if live and state is not None and not cplan.main_service_revision:
+            can, stable = observed.get(state.revision), observed.get(state.stable)
+            weight = route_weight(state.phase, step_weight, stable_ready=stable.ready if stable else 0,
+                                  canary_ready=can.ready if can else 0)
+        return build_httproute(meta["name"], meta["namespace"], meta["uid"], spec.rollout.gateway_api.parent_refs,
+                               weight), ""
 
     def _write_status(self, md: Mapping[str, Any], previous: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
         patch = status.status_patch(previous, desired)

@@ -43,7 +43,7 @@ EXPLICIT_DEFAULTS: dict[str, Any] = {
     },
     "rollout": {
         "strategy": "Canary",
-        "maxSurgeGpus": 0,
+        "progressDeadline": "10m",
         "steps": [{"weight": 10, "pause": "60s"}, {"weight": 50, "pause": "120s"}],
         "analysis": {"interval": "15s", "minRequests": 50, "maxErrorRate": 0.01, "maxLatencyRatio": 1.25,
                      "failureLimit": 2},
@@ -103,7 +103,7 @@ def test_minimal_spec_gets_every_default() -> None:
     assert (a.target, a.target_text, a.scale_down_delay, a.stable_window, a.panic_window) == (
         0.05, "50ms", 300.0, 60.0, 6.0)
     r = spec.rollout
-    assert (r.strategy, r.max_surge_gpus, r.validation) == ("Canary", 0, None)
+    assert (r.strategy, r.max_surge_gpus, r.validation, r.progress_deadline) == ("Canary", None, None, 600)
     assert r.steps == (api.CanaryStep(10, 60.0), api.CanaryStep(50, 120.0))
     assert r.analysis == api.AnalysisSpec(interval=15.0, min_requests=50, max_error_rate=0.01,
                                           max_latency_ratio=1.25, max_p99_latency=None, failure_limit=2)

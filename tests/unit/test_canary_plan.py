@@ -15,7 +15,7 @@ from modeldeploy.rollout import canary
 from modeldeploy.rollout.analysis import Counters
 from modeldeploy.rollout.canary import Manual, Phase
 
-ROLLOUT = RolloutSpec(steps=(CanaryStep(10, 20.0), CanaryStep(50, 20.0)),
+ROLLOUT = RolloutSpec(max_surge_gpus=0, steps=(CanaryStep(10, 20.0), CanaryStep(50, 20.0)),
                       analysis=AnalysisSpec(interval=10.0, min_requests=20, failure_limit=2))
 
 
@@ -25,7 +25,7 @@ def rs(rev: str, spec: int, ready: int, failure: str = "") -> RevisionState:
 
 
 def sw(**kw: object) -> SwitchInput:
-    base = dict(desired_replicas=10, gpus_per_pod=1, max_surge_gpus=0, strategy="Canary", current="new",
+    base = dict(desired_replicas=10, gpus_per_pod=1, strategy="Canary", current="new",
                 stable="old", failed=None, startup_timeout_seconds=600.0)
     base.update(kw)
     return SwitchInput(**base)  # type: ignore[arg-type]
@@ -76,7 +76,7 @@ def test_good_canary_is_promoted_step_by_step_and_the_old_revision_retired() -> 
     plans, _ = drive(World({"old": rs("old", 10, 10)}))
     last = plans[-1]
     assert last.plan.promoted and last.plan.stable == "new" and "old" in last.plan.retire
-    weights = [round(p.decision.weight) for p in plans if p.decision]
+    weights = [round(p.decision.weight) for p in plans if p.decision and p.decision.weight]
     assert weights[0] == 10 and 50 in weights and weights == sorted(weights)
     assert all(sum(p.plan.replicas.values()) <= 10 for p in plans)  # maxSurgeGpus 0: never more GPUs
     reasons = [e[1] for p in plans for e in p.events]
@@ -101,10 +101,11 @@ def test_bad_canary_is_rolled_back_and_recorded_as_failed() -> None:
 
 
 def test_validation_keeps_the_canary_out_of_the_main_service() -> None:
-    rollout = dataclasses.replace(ROLLOUT, validation=ValidationSpec("s3://m/val.npz", min_accuracy=0.9))
+    rollout = dataclasses.replace(ROLLOUT, validation=ValidationSpec("s3://m/val.npz", min_accuracy=0.9),
+                                  max_surge_gpus=None)
     p = canary_plan.plan(CanaryInput(sw(), rollout, None, 0.0), {"old": rs("old", 10, 10)})
     assert p.state is not None and p.state.phase == Phase.VALIDATING
-    assert p.main_service_revision == "old" and p.plan.replicas["new"] == 1
+    assert p.main_service_revision == "old" and p.plan.replicas == {"old": 10, "new": 1}  # the surge pod
     p2 = canary_plan.plan(CanaryInput(sw(), rollout, p.state, 5.0), {"old": rs("old", 9, 9), "new": rs("new", 1, 1)})
     assert p2.run_validation and p2.main_service_revision == "old"
     p3 = canary_plan.plan(CanaryInput(sw(), rollout, p2.state, 9.0, validation=(True, "accuracy 0.98 >= 0.9")),

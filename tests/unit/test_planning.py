@@ -39,12 +39,14 @@ def test_needs_apply_ignores_type_meta_and_status() -> None:
 
 
 def _pod(rev: str, *, ready: bool = False, init_term: dict | None = None, waiting: str | None = None,
-         created: str = "2026-11-23T11:59:00Z", sched_msg: str | None = None) -> dict:
+         created: str = "2026-11-23T11:59:00Z", sched_msg: str | None = None, started: str | None = None) -> dict:
     st: dict = {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
     if init_term:
         st["initContainerStatuses"] = [{"name": "model-loader", "state": {"terminated": init_term}}]
     if waiting:
         st["containerStatuses"] = [{"name": "triton", "state": {"waiting": {"reason": waiting, "message": "m"}}}]
+    if started:
+        st["containerStatuses"] = [{"name": "triton", "state": {"running": {"startedAt": started}}}]
     if sched_msg:
         st["conditions"].append({"type": "PodScheduled", "status": "False", "message": sched_msg})
     return {"metadata": {"labels": {"modeldeploy.io/revision": rev}, "creationTimestamp": created}, "status": st}
@@ -63,13 +65,15 @@ def test_loader_termination_message_is_the_failure() -> None:
     assert s.ready == 0 and s.model_version == "7"
 
 
-def test_image_pull_failure_and_unschedulable_and_age() -> None:
+def test_image_pull_trouble_and_unschedulable_and_startup_age() -> None:
     pods = [_pod("a", waiting="ImagePullBackOff"), _pod("b", sched_msg="0/3 nodes: Insufficient nvidia.com/gpu"),
-            _pod("c", ready=True), _pod("c", created="2026-11-23T11:50:00Z")]
+            _pod("c", ready=True), _pod("c", created="2026-11-23T11:00:00Z", started="2026-11-23T11:50:00Z")]
     s = observe.summarise([_dep("a", 1), _dep("b", 1), _dep("c", 2)], pods, NOW)
-    assert s["a"].load_failure.startswith("triton: ImagePullBackOff")
+    assert s["a"].trouble.startswith("triton: ImagePullBackOff") and not s["a"].load_failure  # may be imported later
+    assert s["a"].trouble_reason == "ImagePullBackOff"
     assert s["b"].unschedulable.endswith("Insufficient nvidia.com/gpu") and not s["b"].load_failure
-    assert s["c"].ready == 1 and s["c"].oldest_unready_seconds == 600
+    # the startup clock runs from the serving container's start, not the pod's creation
+    assert s["c"].ready == 1 and s["c"].oldest_starting_seconds == 600
 
 
 def _status(plan: SwitchPlan, observed: dict[str, RevisionState], current: str = "b", desired: int = 2,

@@ -392,5 +392,9 @@ def test_httproute_weights_and_parents() -> None:
     assert [(b["name"], b["weight"], b["port"]) for b in backends] == [("m-stable", 70, 8000), ("m-canary", 30, 8000)]
     assert route["spec"]["parentRefs"] == [{"name": "gw", "namespace": "edge", "sectionName": "https"}]
     assert route["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
-    assert [route_weight(p, 25) for p in ("Validating", "Progressing", "Paused", "Promoting", "Promoted",
-                                          "RollingBack", "RolledBack", None)] == [0, 25, 25, 100, 0, 0, 0, 0]
+    phases = ("Validating", "Progressing", "Paused", "Promoting", "Promoted", "RollingBack", "RolledBack", None)
+    assert [route_weight(p, 25, stable_ready=2, canary_ready=1) for p in phases] == [0, 25, 25, 100, 0, 0, 0, 0]
+    # weights follow Ready endpoints: never a share for a backend without a Ready pod
+    assert route_weight("Progressing", 25, stable_ready=2, canary_ready=0) == 0
+    assert route_weight("Progressing", 25, stable_ready=0, canary_ready=1) == 100
+    assert route_weight("Promoting", 25, stable_ready=3, canary_ready=0) == 0

@@ -60,6 +60,10 @@ class Conflict(Exception):
     """A precondition or resourceVersion did not hold; re-read and retry."""
 
 
+class Forbidden(Exception):
+    """RBAC refused the request: the operator's role lacks a rule (not a missing API)."""
+
+
 class WriteCounter:
     """Counts the writes this process sends (the operator's own metric; tests use the audit log)."""
 
@@ -104,6 +108,8 @@ class Kube:
             raise NotFound(path)
         if resp.status == 409:
             raise Conflict(f"{path}: {raw[:300]!r}")
+        if resp.status == 403:
+            raise Forbidden(f"{method} {path}: {raw[:300].decode(errors='replace')}")
         if resp.status >= 400:
             raise ApiException(status=resp.status, reason=f"{method} {path}: {raw[:500].decode(errors='replace')}")
         return json.loads(raw) if raw else None
@@ -126,12 +132,16 @@ class Kube:
             return []  # the kind is not installed on this cluster
         return list(result.get("items", []))
 
-    def kind_installed(self, kind: str) -> bool:
-        """Whether an optional API (Gateway API, Prometheus Operator) exists on this cluster."""
+    def kind_installed(self, kind: str, namespace: str | None = None) -> bool:
+        """Whether an optional API (Gateway API, Prometheus Operator) exists on this cluster.
+
+        Asked in `namespace` (a namespaced operator may list only there). Raises Forbidden when the
+        API exists but RBAC refuses it: that is missing permissions, not a missing API.
+        """
         try:
-            self._call("GET", KINDS[kind].base(None), query={"limit": "1"})
+            self._call("GET", KINDS[kind].base(namespace), query={"limit": "1"})
             return True
-        except (NotFound, ApiException):
+        except NotFound:
             return False
 
     # --- writes ----------------------------------------------------------------------------

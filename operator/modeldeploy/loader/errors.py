@@ -20,7 +20,13 @@ class FetchError(LoaderError):
 
 
 class TransientFetchError(FetchError):
-    """A fetch failure worth retrying (5xx, connection reset, timeout)."""
+    """A fetch failure worth retrying (5xx, connection reset, timeout).
+
+    Its exit code (sysexits' EX_TEMPFAIL) tells the operator the revision is not broken: the kubelet
+    restarts the loader with backoff, and the revision is never recorded as failed for it.
+    """
+
+    exit_code = 75
 
 
 class IntegrityError(LoaderError):

@@ -34,6 +34,8 @@ class Reason:
     UNSCHEDULABLE = "Unschedulable"
     INVALID_SPEC = "InvalidSpec"
     CANARY_IN_PROGRESS = "CanaryInProgress"
+    ROLLOUT_BLOCKED = "RolloutBlocked"
+    OWNERSHIP_CONFLICT = "OwnershipConflict"
 
 
 def canary_message(can: CanaryState, weight: float) -> str:
@@ -64,6 +66,8 @@ class StatusInput:
     now: str  # RFC 3339, used only for conditions whose status changes
     canary: CanaryState | None = None  # the canary of the current revision, if one runs or ran
     canary_weight: float = 0.0
+    conflicts: tuple[str, ...] = ()  # children whose names are taken by objects the operator did not create
+    notes: tuple[str, ...] = ()  # other things a user must fix (an optional API missing or forbidden)
 
 
 def _condition(ctype: str, status: bool | None, reason: str, message: str, generation: int) -> dict[str, Any]:
@@ -97,16 +101,20 @@ def invalid_spec_status(previous: Mapping[str, Any], generation: int, field_path
 
 
 def compute(inp: StatusInput) -> dict[str, Any]:
+    """The whole status, every condition derived here from the same facts, so they never disagree
+    (tests/unit/test_status_table.py holds a table of every phase)."""
     plan, obs = inp.plan, inp.observed
     stable = plan.stable or inp.current
     cur = obs.get(inp.current)
     serving_revs = [s for rev, s in obs.items() if rev not in plan.retire]
     ready = sum(s.ready for s in serving_revs)
     replicas = sum(s.replicas for s in serving_revs)
-    rolling = stable != inp.current and plan.failed != inp.current
-    failure = plan.failure if plan.failed == inp.current else ""
-    failed_message = failure or (inp.previous.get("message", "") if plan.failed == inp.current else "")
+    failed_now = plan.failed == inp.current
+    rolling = stable != inp.current and not failed_now
+    failed_message = (plan.failure or inp.previous.get("message", "")) if failed_now else ""
     unschedulable = next((s.unschedulable for s in serving_revs if s.unschedulable), "")
+    # Trouble that may heal: the current revision's first (it decides the rollout), then the others'.
+    troubled = next((s for s in sorted(serving_revs, key=lambda s: s.revision != inp.current) if s.trouble), None)
     r = inp.desired_replicas
 
     can = inp.canary if inp.canary is not None and inp.canary.revision == inp.current else None
@@ -114,12 +122,15 @@ def compute(inp: StatusInput) -> dict[str, Any]:
                    and can.cause != Reason.LOAD_FAILED)
     failed_reason = can.cause if rolled_back and can is not None and can.cause else Reason.LOAD_FAILED
 
-    if plan.failed == inp.current:
+    if failed_now:
         loaded = _condition(Condition.MODEL_LOADED, False, failed_reason,
                             f"revision {inp.current}: {failed_message}", inp.generation)
     elif cur is not None and cur.ready > 0:
         loaded = _condition(Condition.MODEL_LOADED, True, Reason.MODEL_LOADED,
                             f"revision {inp.current}: {cur.ready} pod(s) serving", inp.generation)
+    elif cur is not None and cur.trouble:
+        loaded = _condition(Condition.MODEL_LOADED, None, cur.trouble_reason,
+                            f"revision {inp.current}: {cur.trouble}", inp.generation)
     else:
         loaded = _condition(Condition.MODEL_LOADED, None, Reason.LOADING,
                             f"revision {inp.current}: waiting for the model to load", inp.generation)
@@ -129,37 +140,55 @@ def compute(inp: StatusInput) -> dict[str, Any]:
     elif ready > 0:
         ready_c = _condition(Condition.READY, True, Reason.SERVING, f"{ready}/{r} replicas ready", inp.generation)
     else:
-        ready_c = _condition(Condition.READY, False, Reason.NO_READY_REPLICAS, f"0/{r} replicas ready",
+        why = f": {troubled.trouble}" if troubled else (f": {failed_message}" if failed_message else "")
+        ready_c = _condition(Condition.READY, False, Reason.NO_READY_REPLICAS, f"0/{r} replicas ready{why}",
                              inp.generation)
 
-    if rolling and can is not None and (can.phase in LIVE or can.phase == CanaryPhase.PAUSED):
+    live_canary = rolling and can is not None and (can.phase in LIVE or can.phase == CanaryPhase.PAUSED)
+    if live_canary and can is not None and can.waiting:
+        progressing = _condition(Condition.PROGRESSING, False, Reason.ROLLOUT_BLOCKED,
+                                 f"canary {can.revision}: {can.waiting}", inp.generation)
+    elif live_canary and can is not None:
+        extra = f"; canary pods: {cur.trouble}" if cur is not None and cur.trouble else ""
         progressing = _condition(Condition.PROGRESSING, True, Reason.CANARY_IN_PROGRESS,
-                                 canary_message(can, inp.canary_weight), inp.generation)
+                                 canary_message(can, inp.canary_weight) + extra, inp.generation)
     elif rolling:
         new_ready = cur.ready if cur else 0
         progressing = _condition(Condition.PROGRESSING, True, Reason.ROLLOUT_IN_PROGRESS,
                                  f"revision {stable} -> {inp.current}: {new_ready}/{r} new replicas ready",
                                  inp.generation)
-    elif plan.failed == inp.current and stable != inp.current:
+    elif failed_now and stable != inp.current:
         verb = "was rolled back" if rolled_back else "failed"
         progressing = _condition(Condition.PROGRESSING, False, Reason.ROLLOUT_FAILED,
                                  f"revision {inp.current} {verb}: {failed_message}; revision {stable} keeps serving",
                                  inp.generation)
+    elif failed_now:
+        progressing = _condition(Condition.PROGRESSING, False, Reason.ROLLOUT_FAILED,
+                                 f"revision {inp.current} cannot load: {failed_message}", inp.generation)
+    elif r > 0 and (cur is None or cur.ready == 0):
+        progressing = _condition(Condition.PROGRESSING, True, Reason.ROLLOUT_IN_PROGRESS,
+                                 f"revision {inp.current}: 0/{r} replicas ready", inp.generation)
     else:
         progressing = _condition(Condition.PROGRESSING, False, Reason.ROLLOUT_COMPLETE,
                                  f"revision {stable} serves", inp.generation)
 
-    if plan.failed == inp.current:
+    if failed_now:
         degraded = _condition(Condition.DEGRADED, True, failed_reason, failed_message, inp.generation)
+    elif inp.conflicts:
+        degraded = _condition(Condition.DEGRADED, True, Reason.OWNERSHIP_CONFLICT, "; ".join(inp.conflicts),
+                              inp.generation)
     elif unschedulable:
         degraded = _condition(Condition.DEGRADED, True, Reason.UNSCHEDULABLE, unschedulable, inp.generation)
+    elif not rolling and r > 0 and ready < r and troubled is not None:
+        degraded = _condition(Condition.DEGRADED, True, troubled.trouble_reason,
+                              f"{ready}/{r} replicas ready: {troubled.trouble}", inp.generation)
     elif not rolling and r > 0 and ready < r and ready > 0:
         degraded = _condition(Condition.DEGRADED, True, Reason.INSUFFICIENT_REPLICAS,
                               f"{ready}/{r} replicas ready", inp.generation)
     else:
         degraded = _condition(Condition.DEGRADED, False, Reason.AS_EXPECTED, "", inp.generation)
 
-    if plan.failed == inp.current and ready == 0:
+    if failed_now and ready == 0:
         phase = Phase.FAILED
     elif rolling:
         phase = Phase.PROGRESSING
@@ -176,6 +205,7 @@ def compute(inp: StatusInput) -> dict[str, Any]:
         for s in sorted(obs.values(), key=lambda s: s.revision) if s.revision not in plan.retire
     ]
     svc = f"{inp.name}.{inp.namespace}.svc"
+    message = failed_message or (degraded["message"] if degraded["status"] == "True" else "")
     status: dict[str, Any] = {
         "observedGeneration": inp.generation,
         "phase": phase,
@@ -188,7 +218,8 @@ def compute(inp: StatusInput) -> dict[str, Any]:
         "failedRevision": plan.failed,
         "revisions": revisions,
         "endpoint": {"http": f"http://{svc}:8000/v2/models/{inp.model_name}", "grpc": f"{svc}:8001"},
-        "message": failed_message or (unschedulable if degraded["reason"] == Reason.UNSCHEDULABLE else ""),
+        "message": message,
+        "warnings": [*inp.conflicts, *inp.notes] or None,
     }
     status["conditions"] = merge_conditions(inp.previous.get("conditions", []),
                                             [ready_c, loaded, progressing, degraded], inp.now)

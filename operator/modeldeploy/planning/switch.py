@@ -1,16 +1,13 @@
-"""How many pods each revision gets while the model changes (pure).
+"""How many pods each revision gets outside a canary (pure): the plain switch.
 
-The plain switch: it serves the first revision, runs `Recreate`, and keeps a revision recorded
-as failed stopped while the stable one serves. (With `strategy: Canary` the operator hands a new
-revision to planning/canary_plan.py instead; `plan()` still answers a Canary switch by trading
-pods within the GPU budget, the replacement `trade()` the canary's promotion also uses.) A new
-revision is scaled up within `maxSurgeGpus`, the stable revision only gives up pods the new one
-has made Ready, and the switch is final once the new revision serves every replica.
+It serves the first revision, runs `Recreate` (the one strategy that chooses downtime: every old
+pod goes before a new one starts), and keeps a revision recorded as failed stopped while the
+stable one serves. A new revision under `strategy: Canary` is the canary's (planning/canary_plan.py);
+the replica math of every strategy that runs two revisions at once is in rollout/replicas.py.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,7 +29,6 @@ class Reason:
 class SwitchInput:
     desired_replicas: int
     gpus_per_pod: int
-    max_surge_gpus: int
     strategy: str  # Canary | Recreate
     current: str  # revision of the spec as it is now
     stable: str | None  # revision recorded in status as serving
@@ -51,31 +47,20 @@ class SwitchPlan:
     decisions: tuple[tuple[str, str], ...] = field(default=())  # (event reason, message), one event each
 
 
-def surge_pods(desired: int, gpus_per_pod: int, max_surge_gpus: int) -> int:
-    """Extra pods a switch may run: GPU pods by budget; CPU pods cost no GPUs, so 25% (at least 1)."""
-    if gpus_per_pod <= 0:
-        return max(1, math.ceil(desired / 4))
-    return max_surge_gpus // gpus_per_pod
-
-
-def trade(desired: int, surge: int, old_spec: int, new_spec: int, new_ready: int) -> tuple[int, int]:
-    """(old, new) replicas for one pass of a replacement: the new revision grows into the surge
-    budget, the old one gives up only pods the new one has made Ready (one pod when there is no
-    budget at all, so the replacement can start)."""
-    max_unavailable = 0 if surge > 0 else 1
-    new_target = max(new_spec, min(desired, desired + surge - old_spec))
-    old_target = min(old_spec, max(0, desired - max_unavailable - new_ready))
-    return old_target, new_target
-
-
 def revision_failure(state: RevisionState | None, startup_timeout: float) -> str:
-    """Why a revision cannot serve, '' if it can or may still."""
-    if state is None:
+    """Why a revision can never serve, '' if it can or may still.
+
+    Only failures that retrying cannot fix count (the loader's checksum, format, conversion and gate
+    errors, Triton refusing the model, a crash loop with no pod ever Ready); a revision with a Ready
+    pod evidently loads. The startup timeout counts from the serving container's start, so image
+    pulls and the loader's time do not count against it.
+    """
+    if state is None or state.ready > 0:
         return ""
     if state.load_failure:
         return state.load_failure
-    if state.ready == 0 and state.oldest_unready_seconds > startup_timeout and not state.unschedulable:
-        return f"triton: not ready within the startup timeout ({startup_timeout:.0f}s)"
+    if state.oldest_starting_seconds > startup_timeout and not state.unschedulable:
+        return f"triton: not ready within the startup timeout ({startup_timeout:.0f}s after it started)"
     return ""
 
 
@@ -100,29 +85,22 @@ def plan(inp: SwitchInput, observed: Mapping[str, RevisionState]) -> SwitchPlan:
 
     # A revision already known to fail stays stopped until the spec changes again.
     failure = revision_failure(cur_state, inp.startup_timeout_seconds)
-    if inp.failed == inp.current or failure:
+    if inp.failed == inp.current or failure or inp.strategy != "Recreate":
         if failure and inp.failed != inp.current:
             decisions.append((Reason.FAILED, f"revision {inp.current} failed to load ({failure}); "
                                              f"revision {inp.stable} keeps serving"))
         return SwitchPlan(replicas={inp.stable: r, inp.current: 0}, retire=retire, stable=inp.stable,
-                          failed=inp.current, failure=failure or "", decisions=tuple(decisions))
+                          failed=inp.current if (failure or inp.failed == inp.current) else None,
+                          failure=failure or "", decisions=tuple(decisions))
 
-    old = stable_state.spec_replicas
-    new = cur_state.spec_replicas if cur_state else 0
+    # Recreate: every old pod goes before the new revision starts (the user chose the gap).
     new_ready = cur_state.ready if cur_state else 0
-
-    if inp.strategy == "Recreate":
-        if stable_state.replicas > 0 or old > 0:
-            return SwitchPlan(replicas={inp.stable: 0, inp.current: 0}, retire=retire, stable=inp.stable,
-                              decisions=tuple(decisions))
-        targets = {inp.current: r}
-    else:
-        old_target, new_target = trade(r, surge_pods(r, inp.gpus_per_pod, inp.max_surge_gpus), old, new, new_ready)
-        targets = {inp.stable: old_target, inp.current: new_target}
-
+    if stable_state.replicas > 0 or stable_state.spec_replicas > 0:
+        return SwitchPlan(replicas={inp.stable: 0, inp.current: 0}, retire=retire, stable=inp.stable,
+                          decisions=tuple(decisions))
     if new_ready >= r:
         decisions.append((Reason.PROMOTED, f"revision {inp.current} serves all {r} replicas: promoted, "
                                            f"revision {inp.stable} retired"))
         return SwitchPlan(replicas={inp.current: r}, retire=(*retire, inp.stable), stable=inp.current,
                           promoted=True, decisions=tuple(decisions))
-    return SwitchPlan(replicas=targets, retire=retire, stable=inp.stable, decisions=tuple(decisions))
+    return SwitchPlan(replicas={inp.current: r}, retire=retire, stable=inp.stable, decisions=tuple(decisions))

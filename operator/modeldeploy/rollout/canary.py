@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import RolloutSpec
-from ..planning.switch import trade
 from ..timefmt import parse_rfc3339, rfc3339
+from . import replicas
 from .analysis import Analysis, Counters, Thresholds, Verdict, judge
-from .traffic import split
+from .replicas import Live, Split
 
 MAX_ANALYSES_KEPT = 10
 
@@ -51,6 +51,8 @@ class Reason:
     ABANDONED = "CanaryAbandoned"
     PAUSED = "CanaryPaused"
     RESUMED = "CanaryResumed"
+    WAITING = "CanaryWaiting"
+    PROGRESS_DEADLINE = "ProgressDeadlineExceeded"
 
 
 class Manual:
@@ -80,6 +82,8 @@ class CanaryState:
     analyses: tuple[dict[str, Any], ...] = ()
     validation: dict[str, Any] | None = None  # status.canary.validation once the gate has run
     cause: str = ""  # the Reason of a rollback (LoadFailed, CanaryAnalysisFailed, ValidationFailed, Aborted)
+    last_progress_at: float | None = None  # a step reached or passed, a verdict: the progress deadline's clock
+    waiting: str = ""  # why the canary holds without deciding (no replicas, no zero-downtime surge)
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,14 @@ class Observation:
     canary_ready: int
     canary_counters: Counters | None  # None: the metrics could not be read
     stable_counters: Counters | None
-    load_failure: str = ""
+    load_failure: str = ""  # the canary cannot load, for a reason retrying never fixes
     validation: tuple[bool, str] | None = None  # (passed, message) once a validation ran
     manual: str | None = None
+
+    def live(self, *, canary_serving: bool = True) -> Live:
+        """Replicas and Ready pods now; a canary that takes no live traffic serves nobody."""
+        return Live(self.stable_spec, self.canary_spec, self.stable_ready,
+                    self.canary_ready if canary_serving else 0)
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ class Decision:
 def start(revision: str, stable: str, rollout: RolloutSpec, now: float) -> CanaryState:
     """A new canary for `revision`: validated first when the spec asks for it."""
     phase = Phase.VALIDATING if rollout.validation else Phase.PROGRESSING
-    return CanaryState(phase=phase, revision=revision, stable=stable, started_at=now)
+    return CanaryState(phase=phase, revision=revision, stable=stable, started_at=now, last_progress_at=now)
 
 
 def _thresholds(rollout: RolloutSpec) -> Thresholds:
@@ -124,27 +133,59 @@ def _thresholds(rollout: RolloutSpec) -> Thresholds:
 
 
 def _surge(obs: Observation, rollout: RolloutSpec) -> int:
-    if obs.gpus_per_pod <= 0:
-        return max(1, obs.desired_replicas)
-    return rollout.max_surge_gpus // obs.gpus_per_pod
+    return replicas.surge_pods(obs.desired_replicas, obs.gpus_per_pod, rollout.max_surge_gpus)
 
 
 def _rolling_back(state: CanaryState, reason: str, message: str, obs: Observation) -> Decision:
-    st = dataclasses.replace(state, phase=Phase.ROLLING_BACK, reason=message, paused_from=None, cause=reason)
-    return Decision(st, obs.desired_replicas, 0, True,
+    st = dataclasses.replace(state, phase=Phase.ROLLING_BACK, reason=message, paused_from=None, cause=reason,
+                             waiting="")
+    sp = replicas.rollback_targets(obs.desired_replicas, obs.live())
+    return Decision(st, sp.stable, sp.canary, True,
                     events=((("Warning", reason, f"rolling back revision {state.revision}: {message}")),))
 
 
 def _promotion_targets(obs: Observation, rollout: RolloutSpec) -> tuple[int, int]:
     """Grow the canary to every replica, removing a stable pod only once a canary pod is Ready."""
-    return trade(obs.desired_replicas, _surge(obs, rollout), obs.stable_spec, obs.canary_spec, obs.canary_ready)
+    sp = replicas.promotion_targets(obs.desired_replicas, _surge(obs, rollout), obs.live())
+    return sp.stable, sp.canary
+
+
+def _why_waiting(obs: Observation, rollout: RolloutSpec) -> str:
+    """Why the canary can make no move that keeps the model available, or ''."""
+    if obs.desired_replicas <= 0:
+        return "replicas is 0: the canary waits for replicas to come back (nothing serves, nothing to judge)"
+    if replicas.blocked(obs.desired_replicas, _surge(obs, rollout)):
+        return ("1 replica and no surge budget: a canary pod would replace the only serving pod; set "
+                "spec.rollout.maxSurgeGpus to at least one pod's GPUs (or remove it: one pod is the default), "
+                "or choose the downtime with spec.rollout.strategy Recreate")
+    return ""
+
+
+def _hold(state: CanaryState, why: str, obs: Observation, now: float) -> Decision:
+    """Keep everything as it is, with no clock running; one event when the wait begins."""
+    events: tuple[tuple[str, str, str], ...] = ()
+    if state.waiting != why:
+        events = (("Warning", Reason.WAITING, f"canary of revision {state.revision} waits: {why}"),)
+    st = dataclasses.replace(state, waiting=why, step_started_at=None, last_progress_at=now)
+    stable = obs.stable_spec if obs.desired_replicas > 0 else 0
+    canary = obs.canary_spec if obs.desired_replicas > 0 else 0
+    return Decision(st, stable, canary, state.phase != Phase.VALIDATING, events=events)
+
+
+def _deadline_passed(state: CanaryState, rollout: RolloutSpec, now: float) -> bool:
+    """No step reached, no step passed and no verdict for progressDeadline (Inconclusive analyses are
+    no progress: a canary nobody calls ends instead of holding the rollout forever)."""
+    if state.phase not in (Phase.VALIDATING, Phase.PROGRESSING) or rollout.progress_deadline <= 0:
+        return False
+    since = state.last_progress_at if state.last_progress_at is not None else state.started_at
+    return now - since > rollout.progress_deadline
 
 
 def next_step(state: CanaryState, rollout: RolloutSpec, obs: Observation, now: float) -> Decision:
     """One tick of the canary: what replicas to run and what the state becomes."""
     if state.phase in DONE:
-        replicas = (0, obs.desired_replicas) if state.phase == Phase.PROMOTED else (obs.desired_replicas, 0)
-        return Decision(state, replicas[0], replicas[1], True)
+        stable, canary = (0, obs.desired_replicas) if state.phase == Phase.PROMOTED else (obs.desired_replicas, 0)
+        return Decision(state, stable, canary, True)
 
     # Users first: abort and promote win over everything, pause holds the current split.
     if obs.manual == Manual.ABORT and state.phase != Phase.ROLLING_BACK:
@@ -153,71 +194,102 @@ def next_step(state: CanaryState, rollout: RolloutSpec, obs: Observation, now: f
         return _rolling_back(state, Reason.LOAD_FAILED, obs.load_failure, obs)
     if obs.manual == Manual.PROMOTE and state.phase in (Phase.VALIDATING, Phase.PROGRESSING, Phase.PAUSED):
         st = dataclasses.replace(state, phase=Phase.PROMOTING, paused_from=None, reason="promoted by annotation")
-        stable, canary = _promotion_targets(obs, rollout)
-        return Decision(st, stable, canary, True,
-                        events=(("Normal", Reason.PROMOTING, f"revision {state.revision}: promoted by annotation"),))
+        d = _promoting(st, rollout, obs, now)
+        return dataclasses.replace(d, events=(("Normal", Reason.PROMOTING,
+                                               f"revision {state.revision}: promoted by annotation"), *d.events))
     if state.phase == Phase.PAUSED:
         if obs.manual == Manual.PAUSE:
             return Decision(state, obs.stable_spec, obs.canary_spec, state.paused_from != Phase.VALIDATING)
         resumed = dataclasses.replace(state, phase=state.paused_from or Phase.PROGRESSING, paused_from=None,
-                                      step_started_at=None)
+                                      step_started_at=None, last_progress_at=now)
         d = next_step(resumed, rollout, obs, now)
         return dataclasses.replace(d, events=(("Normal", Reason.RESUMED, "canary resumed"), *d.events))
     if obs.manual == Manual.PAUSE and state.phase in (Phase.VALIDATING, Phase.PROGRESSING):
         st = dataclasses.replace(state, phase=Phase.PAUSED, paused_from=state.phase)
         return Decision(st, obs.stable_spec, obs.canary_spec, state.phase != Phase.VALIDATING,
                         events=(("Normal", Reason.PAUSED, f"canary paused at step {state.step}"),))
-
-    if state.phase == Phase.VALIDATING:
-        return _validating(state, rollout, obs)
-    if state.phase == Phase.PROGRESSING:
-        return _progressing(state, rollout, obs, now)
     if state.phase == Phase.PROMOTING:
-        if obs.canary_ready >= obs.desired_replicas and obs.stable_spec == 0:
-            st = dataclasses.replace(state, phase=Phase.PROMOTED, reason="")
-            return Decision(st, 0, obs.desired_replicas, True,
-                            events=(("Normal", Reason.PROMOTED, f"revision {state.revision} promoted: serves all "
-                                                                f"{obs.desired_replicas} replicas"),))
-        stable, canary = _promotion_targets(obs, rollout)
-        return Decision(state, stable, canary, True)
-    # RollingBack: the stable revision back to full size first, then the canary pods go.
+        return _promoting(state, rollout, obs, now)
+    if state.phase == Phase.ROLLING_BACK:
+        return _rolled_back_once_stable_serves(state, obs)
+
+    why = _why_waiting(obs, rollout)
+    if why:
+        return _hold(state, why, obs, now)
+    if state.waiting:
+        state = dataclasses.replace(state, waiting="")
+    if _deadline_passed(state, rollout, now):
+        last = state.analyses[-1]["reason"] if state.analyses else "no analysis yet"
+        return _rolling_back(state, Reason.PROGRESS_DEADLINE,
+                             f"no progress for {rollout.progress_deadline:.0f}s (progressDeadline); "
+                             f"last analysis: {last}", obs)
+    if state.phase == Phase.VALIDATING:
+        return _validating(state, rollout, obs, now)
+    return _progressing(state, rollout, obs, now)
+
+
+def _promoting(state: CanaryState, rollout: RolloutSpec, obs: Observation, now: float) -> Decision:
+    """The canary grows to every replica; promoted once it serves them all and the stable revision
+    has no pods left."""
+    why = _why_waiting(obs, rollout)
+    if why and obs.desired_replicas > 0:
+        return _hold(state, why, obs, now)
+    if obs.canary_ready >= obs.desired_replicas and obs.stable_spec == 0:
+        st = dataclasses.replace(state, phase=Phase.PROMOTED, reason="", waiting="")
+        return Decision(st, 0, obs.desired_replicas, True,
+                        events=(("Normal", Reason.PROMOTED, f"revision {state.revision} promoted: serves all "
+                                                            f"{obs.desired_replicas} replicas"),))
+    stable, canary = _promotion_targets(obs, rollout)
+    return Decision(dataclasses.replace(state, waiting=""), stable, canary, True)
+
+
+def _rolled_back_once_stable_serves(state: CanaryState, obs: Observation) -> Decision:
+    """The stable revision back to full size first, then the canary pods go."""
     if obs.canary_ready == 0 and obs.canary_spec == 0:
         st = dataclasses.replace(state, phase=Phase.ROLLED_BACK)
         return Decision(st, obs.desired_replicas, 0, True,
                         events=(("Warning", Reason.ROLLED_BACK,
                                  f"revision {state.revision} rolled back: {state.reason}"),))
-    return Decision(state, obs.desired_replicas, 0, True)
+    sp = replicas.rollback_targets(obs.desired_replicas, obs.live())
+    return Decision(state, sp.stable, sp.canary, True)
 
 
-def _validating(state: CanaryState, rollout: RolloutSpec, obs: Observation) -> Decision:
-    sp = split(obs.desired_replicas, 1, obs.gpus_per_pod, rollout.max_surge_gpus)
-    stable, canary = max(sp.stable, 1 if obs.desired_replicas > 1 else sp.stable), 1
+def _validating(state: CanaryState, rollout: RolloutSpec, obs: Observation, now: float) -> Decision:
+    """One canary pod, outside the main Service, while the stable revision keeps serving in full
+    (its pods are not counted as serving: they take no live traffic)."""
+    d, surge = obs.desired_replicas, _surge(obs, rollout)
+    goal = Split(stable=max(0, d - max(0, 1 - surge)), canary=1)
+    sp = replicas.targets(d, goal, surge, obs.live(canary_serving=False))
+    stable, canary = sp.stable, sp.canary
     if obs.validation is None:
         return Decision(state, stable, canary, False, run_validation=obs.canary_ready >= 1)
     passed, message = obs.validation
     state = dataclasses.replace(state, validation={"verdict": "Passed" if passed else "Failed", "message": message})
     if not passed:
         return _rolling_back(state, Reason.VALIDATION_FAILED, f"validation failed: {message}", obs)
-    st = dataclasses.replace(state, phase=Phase.PROGRESSING, step=0, step_started_at=None)
+    st = dataclasses.replace(state, phase=Phase.PROGRESSING, step=0, step_started_at=None, last_progress_at=now)
     return Decision(st, stable, canary, True,
                     events=(("Normal", Reason.VALIDATION_PASSED, f"revision {state.revision}: {message}"),))
 
 
 def _progressing(state: CanaryState, rollout: RolloutSpec, obs: Observation, now: float) -> Decision:
     step = rollout.steps[state.step]
-    sp = split(obs.desired_replicas, step.weight, obs.gpus_per_pod, rollout.max_surge_gpus)
+    surge = _surge(obs, rollout)
+    goal = replicas.step_split(obs.desired_replicas, step.weight, surge)
+    sp = replicas.targets(obs.desired_replicas, goal, surge, obs.live())
     events: list[tuple[str, str, str]] = []
     st = state
 
     if st.step_started_at is None:
-        if obs.canary_ready < sp.canary or obs.stable_ready < sp.stable:
+        if obs.canary_ready < goal.canary or obs.stable_ready < goal.stable:
             return Decision(st, sp.stable, sp.canary, True)  # pods still starting: no clock yet
-        st = dataclasses.replace(st, step_started_at=now, last_analysis_at=now, passes_in_step=0,
+        sp = goal
+        st = dataclasses.replace(st, step_started_at=now, last_analysis_at=now, passes_in_step=0, last_progress_at=now,
                                  last_canary=obs.canary_counters or Counters(),
                                  last_stable=obs.stable_counters or Counters())
         events.append(("Normal", Reason.STEP_REACHED,
-                       f"step {st.step + 1}/{len(rollout.steps)}: {sp.canary} canary pod(s), "
-                       f"weight {sp.weight:.0f}% (target {step.weight}%)"))
+                       f"step {st.step + 1}/{len(rollout.steps)}: {goal.canary} canary pod(s) beside "
+                       f"{goal.stable} stable, weight {goal.weight:.0f}% (target {step.weight}%)"))
         return Decision(st, sp.stable, sp.canary, True, events=tuple(events))
 
     assert st.last_analysis_at is not None
@@ -232,14 +304,15 @@ def _progressing(state: CanaryState, rollout: RolloutSpec, obs: Observation, now
         events.append(("Normal", Reason.STEP_PASSED, f"step {st.step + 1}/{len(rollout.steps)} passed "
                                                      f"({st.passes_in_step} passing analyses)"))
         if st.step + 1 < len(rollout.steps):
-            st = dataclasses.replace(st, step=st.step + 1, step_started_at=None, passes_in_step=0)
-            nxt = rollout.steps[st.step]
-            sp = split(obs.desired_replicas, nxt.weight, obs.gpus_per_pod, rollout.max_surge_gpus)
+            st = dataclasses.replace(st, step=st.step + 1, step_started_at=None, passes_in_step=0,
+                                     last_progress_at=now)
+            nxt = replicas.step_split(obs.desired_replicas, rollout.steps[st.step].weight, surge)
+            sp = replicas.targets(obs.desired_replicas, nxt, surge, obs.live())
         else:
             st = dataclasses.replace(st, phase=Phase.PROMOTING)
             events.append(("Normal", Reason.PROMOTING, f"revision {st.revision}: all steps passed, promoting"))
-            stable, canary = _promotion_targets(obs, rollout)
-            return Decision(st, stable, canary, True, events=tuple(events))
+            d = _promoting(st, rollout, obs, now)
+            return dataclasses.replace(d, events=(*events, *d.events))
     return Decision(st, sp.stable, sp.canary, True, events=tuple(events))
 
 
@@ -268,8 +341,9 @@ def _analyse(st: CanaryState, rollout: RolloutSpec, obs: Observation,
                                                                         else st.failures)
     passes = st.passes_in_step + (1 if result.verdict == Verdict.PASS else 0)
     analyses = (*st.analyses, {**result.to_dict(at), "step": st.step})[-MAX_ANALYSES_KEPT:]
+    progress = now if result.verdict != Verdict.INCONCLUSIVE else st.last_progress_at
     new = dataclasses.replace(st, last_analysis_at=now, last_canary=canary_now, last_stable=stable_now,
-                              failures=failures, passes_in_step=passes, analyses=analyses)
+                              failures=failures, passes_in_step=passes, analyses=analyses, last_progress_at=progress)
     kind = "Warning" if result.verdict == Verdict.FAIL else "Normal"
     return new, (kind, Reason.ANALYSIS, f"step {st.step + 1}: {result.verdict}: {result.reason} "
                                         f"({int(result.requests)} requests)")
@@ -293,6 +367,7 @@ def to_status(state: CanaryState, decision: Decision | None = None) -> dict[str,
         "lastAnalysisAt": rfc3339(state.last_analysis_at, micro=True),
         "failures": state.failures, "passesInStep": state.passes_in_step, "pausedFrom": state.paused_from,
         "paused": state.phase == Phase.PAUSED, "message": state.reason or None, "rollbackReason": state.cause or None,
+        "lastProgressAt": rfc3339(state.last_progress_at, micro=True), "waiting": state.waiting or None,
         "analyses": [_without_none(a) for a in state.analyses],
         "validation": state.validation,
         "lastSample": {"canary": state.last_canary.to_dict(), "stable": state.last_stable.to_dict()},
@@ -312,4 +387,5 @@ def from_status(d: dict[str, Any] | None) -> CanaryState | None:
         last_canary=Counters.from_dict(sample.get("canary")), last_stable=Counters.from_dict(sample.get("stable")),
         failures=int(d.get("failures", 0)), passes_in_step=int(d.get("passesInStep", 0)),
         paused_from=d.get("pausedFrom"), reason=d.get("message", ""), analyses=tuple(d.get("analyses") or ()),
-        validation=d.get("validation"), cause=d.get("rollbackReason", ""))
+        validation=d.get("validation"), cause=d.get("rollbackReason", ""),
+        last_progress_at=parse_rfc3339(d.get("lastProgressAt")), waiting=d.get("waiting", ""))
