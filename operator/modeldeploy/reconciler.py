@@ -231,7 +231,8 @@ class Reconciler:
         told = set(previous.get("warnings") or ())
         desired_status["canary"] = canary.to_status(cplan.state, cplan.decision) if cplan.state else None
         result.phase = desired_status["phase"]
-        self._write_status(md, previous, desired_status)  # Conflict: nothing changed yet, the pass is retried
+        # Conflict: nothing changed yet, the pass is retried on fresh state.
+        version = self._write_status(md, previous, desired_status) or meta.get("resourceVersion", "")
 
         for obj in children:
             k = ownership.key(obj)
@@ -248,7 +249,7 @@ class Reconciler:
         if route_note and route_note not in told:
             result.warnings.append(("GatewayAPIUnavailable", route_note))
 
-        self._consume_manual(md, cplan)
+        self._consume_manual(md, cplan, version)
         if cplan.state is not None:
             telemetry.record_canary(namespace, name, cplan.state.phase, weight, cplan.state.step)
         notes = [("Warning" if reason == switch.Reason.FAILED else "Normal", reason, message)
@@ -290,7 +291,7 @@ class Reconciler:
             self.validator.ensure_started(md, spec, cplan.state.revision, cplan.state.stable)
         return cplan
 
-    def _consume_manual(self, md: Mapping[str, Any], cplan: canary_plan.CanaryPlan) -> None:
+    def _consume_manual(self, md: Mapping[str, Any], cplan: canary_plan.CanaryPlan, version: str) -> None:
         """promote / abort are one-shot: once the canary acted on one, its annotation is removed."""
         meta = md["metadata"]
         annotations = meta.get("annotations") or {}
@@ -300,7 +301,7 @@ class Reconciler:
             if key in annotations and cplan.state is not None and cplan.state.phase in phases:
                 try:
                     self.kube.remove_annotation(constants.KIND, meta["namespace"], meta["name"], key,
-                                                meta["resourceVersion"])
+                                                version)
                 except (NotFound, Conflict):
                     return  # the next pass sees the newer object and tries again
                 return
@@ -377,8 +378,8 @@ class Reconciler:
                           "installed: traffic splits by pod count")
         if found == "forbidden":
             return None, (f"spec.rollout.trafficRouting.gatewayAPI is enabled but RBAC forbids the operator to "
-                          f"use httproutes.gateway.networking.k8s.io in namespace {meta['namespace']}: grant it "
-                          f"(the chart's rbac.gatewayAPI value); traffic splits by pod count meanwhile")
+                          f"use httproutes.gateway.networking.k8s.io in namespace {meta['namespace']}: grant its "
+                          f"ServiceAccount the chart's httproutes rule; traffic splits by pod count meanwhile")
         state = cplan.state
         live = state is not None and state.phase not in canary.DONE
         step_weight = spec.rollout.steps[min(state.step, len(spec.rollout.steps) - 1)].weight if state else 0
@@ -390,15 +391,18 @@ class Reconciler:
         return build_httproute(meta["name"], meta["namespace"], meta["uid"], spec.rollout.gateway_api.parent_refs,
                                weight), ""
 
-    def _write_status(self, md: Mapping[str, Any], previous: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    def _write_status(self, md: Mapping[str, Any], previous: Mapping[str, Any], desired: Mapping[str, Any],
+                      ) -> str | None:
+        """Merge-patch status with the pass's resourceVersion as precondition (a 409 raises Conflict);
+        returns the object's new resourceVersion, or None when nothing was written."""
         patch = status.status_patch(previous, desired)
         if not patch:
-            return False
+            return None
         meta = md["metadata"]
         log.debug("%s/%s: status patch %s", meta["namespace"], meta["name"], patch)
         try:
-            self.kube.patch_status(constants.KIND, meta["namespace"], meta["name"], patch,
-                                   resource_version=meta.get("resourceVersion"))
+            written = self.kube.patch_status(constants.KIND, meta["namespace"], meta["name"], patch,
+                                             resource_version=meta.get("resourceVersion"))
         except NotFound:
-            return False
-        return True
+            return None
+        return str((written or {}).get("metadata", {}).get("resourceVersion") or meta.get("resourceVersion", ""))

@@ -36,9 +36,9 @@ CASES = [
      "failure", "model-loader: QuantizationRejected: int8 accuracy 0.90 < 0.97", "LoadFailed"),
     ("loader invalid config (exit 2): fails once", pod(init={"state": term(2, "MD_SOURCE_URI: bad scheme")}),
      "failure", "model-loader: MD_SOURCE_URI: bad scheme", "LoadFailed"),
-    ("store unreachable after retries (exit 75): retried",
+    ("store unreachable after retries (exit 75): retried, and said while the loader runs again",
      pod(init={"state": RUNNING, "lastState": term(75, "network error fetching s3://m/x (gave up after 5 attempts)")}),
-     "", "", ""),  # running again now: the last failure is history while it retries
+     "trouble", "model-loader: network error fetching s3://m/x (gave up after 5 attempts) (retrying)", "FetchRetrying"),
     ("store unreachable, waiting to retry",
      pod(init={"state": {"waiting": {"reason": "CrashLoopBackOff"}},
                "lastState": term(75, "network error fetching s3://m/x (gave up after 5 attempts)")}),

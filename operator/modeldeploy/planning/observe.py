@@ -24,7 +24,7 @@ SERVING_CONTAINER = constants.CONTAINER_SERVING
 LOADER_TRANSIENT_EXIT = 75
 # A serving container that crashed this often without its pod ever being Ready is not going to start.
 CRASH_LOOP_LIMIT = 5
-_PULL_WAITING = {"ErrImagePull", "ImagePullBackOff"}
+_PULL_WAITING = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull"}
 _CONFIG_WAITING = {"CreateContainerConfigError", "CreateContainerError"}  # a Secret or ConfigMap may appear
 _NEVER_WORKS = {"InvalidImageName"}
 # What Triton prints when the model repository it was given cannot be served (the same bytes every start).
@@ -71,11 +71,12 @@ def _last_line(term: Mapping[str, Any]) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _terminated(cs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def _terminated(cs: Mapping[str, Any], *, init: bool) -> Mapping[str, Any] | None:
     """The container's failed run that matters now: the current one, or the last one while it waits
-    to be restarted (a running container's past restarts are history)."""
+    to be restarted. A running serving container's past restarts are history; a running loader has
+    not succeeded yet, so its last failure still says what it is retrying."""
     state = cs.get("state", {})
-    if "running" in state:
+    if "running" in state and not init:
         return None
     term = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
     return term if term and term.get("exitCode", 0) != 0 else None
@@ -126,14 +127,14 @@ def pod_trouble(pod: Mapping[str, Any]) -> PodTrouble:
     for cs in status.get("initContainerStatuses", []):
         name = cs.get("name", "")
         found = _waiting(name, cs)
-        if found is None and (term := _terminated(cs)) is not None:
+        if found is None and (term := _terminated(cs, init=True)) is not None:
             found = _loader_exit(name, term, int(cs.get("restartCount", 0)))
         if found is not None:
             return found
     for cs in status.get("containerStatuses", []):
         name = cs.get("name", "")
         found = _waiting(name, cs)
-        if found is None and (term := _terminated(cs)) is not None:
+        if found is None and (term := _terminated(cs, init=False)) is not None:
             found = _serving_exit(name, term, int(cs.get("restartCount", 0)))
         if found is not None:
             # A pod that is Ready serves: a sidecar's trouble or one restart is not a model failure.
