@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -18,6 +19,9 @@ ERRORS = Counter("modeldeploy_reconcile_errors_total", "Reconcile passes that ra
                  registry=REGISTRY)
 MANAGED = Gauge("modeldeploy_managed_modeldeployments", "ModelDeployments managed by this operator, by phase",
                 ["phase"], registry=REGISTRY)
+OBJECT_RECONCILES = Counter("modeldeploy_object_reconciles_total",
+                            "Completed reconcile passes of one ModelDeployment since the operator started",
+                            ["namespace", "name"], registry=REGISTRY)
 CANARY_WEIGHT = Gauge("modeldeploy_canary_weight_percent", "Share of pods (and traffic) on the canary revision",
                       ["namespace", "name"], registry=REGISTRY)
 CANARY_STEP = Gauge("modeldeploy_canary_step", "Index of the canary's current step (0-based)",
@@ -32,12 +36,19 @@ _lock = threading.Lock()
 
 
 def record_phase(namespace: str, name: str, phase: str | None) -> None:
-    """Track each ModelDeployment's phase (None when it is gone) and refresh the per-phase gauge."""
+    """Track each ModelDeployment's phase (None when it is gone) and refresh the per-phase gauge.
+
+    The reconciler calls this at the end of every completed pass, so it also counts the passes
+    per object: a restarted operator's first completed pass for an object is then observable.
+    """
     with _lock:
         if phase is None:
             _phases.pop((namespace, name), None)
+            with contextlib.suppress(KeyError):  # no completed pass of it in this process
+                OBJECT_RECONCILES.remove(namespace, name)
         else:
             _phases[(namespace, name)] = phase
+            OBJECT_RECONCILES.labels(namespace=namespace, name=name).inc()
         counts: dict[str, int] = {}
         for p in _phases.values():
             counts[p] = counts.get(p, 0) + 1

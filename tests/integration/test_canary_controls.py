@@ -7,7 +7,6 @@ across operator restarts. Automatic verdicts on real metrics are in tests/e2e/te
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from tests.support.cluster import ClusterHandle, wait_for
@@ -58,7 +57,7 @@ def test_pause_resume_and_restarts_keep_the_rollout_where_it_was(cluster: Cluste
 
     operator.kill()
     operator.start()
-    time.sleep(3)
+    operator.wait_for_reconciles(namespace, ["ctl"])  # the restarted operator's first pass is done
     after = _canary(cluster, namespace, "ctl")
     assert {k: after[k] for k in ("revision", "startedAt", "stepStartedAt", "step")} == \
            {k: can[k] for k in ("revision", "startedAt", "stepStartedAt", "step")}
@@ -68,7 +67,7 @@ def test_pause_resume_and_restarts_keep_the_rollout_where_it_was(cluster: Cluste
     wait_for(lambda: _canary(cluster, namespace, "ctl").get("phase") == "Paused", 20, message="paused")
     operator.kill()
     operator.start()
-    time.sleep(3)
+    operator.wait_for_reconciles(namespace, ["ctl"])
     paused = _canary(cluster, namespace, "ctl")
     assert paused["phase"] == "Paused" and paused["paused"] is True and paused["pausedFrom"] == "Progressing"
     cond = {c["type"]: c for c in _md(cluster, namespace, "ctl")["status"]["conditions"]}["Progressing"]

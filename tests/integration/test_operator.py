@@ -212,7 +212,7 @@ def test_operator_killed_and_restarted_makes_no_duplicates(cluster: ClusterHandl
     before = {n: _md(cluster, namespace, n)["status"] for n in names}
     operator.kill()
     operator.start()
-    time.sleep(5)
+    operator.wait_for_reconciles(namespace, names)  # the new process has looked at each: no sleep
     for n in names:
         assert len(_deployments(cluster, namespace, n)) == 1
         st = _md(cluster, namespace, n)["status"]

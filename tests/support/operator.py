@@ -16,8 +16,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from localcluster import binaries, kubeconfig
 from tests.support.cluster import ClusterHandle, wait_for
@@ -26,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "modeldeploy"
 RELEASE = "modeldeploy"
 SYSTEM_NAMESPACE = "modeldeploy-system"
+OBJECT_RECONCILES = "modeldeploy_object_reconciles_total"  # per ModelDeployment, from modeldeploy.telemetry
 
 
 def helm(tc: ClusterHandle, *args: str) -> subprocess.CompletedProcess[str]:
@@ -91,6 +95,34 @@ class OperatorProcess:
         for m in pattern.finditer(self.metrics()):
             total += float(m.group(1))
         return total
+
+    def reconciles_of(self, namespace: str, name: str) -> float:
+        """Completed reconcile passes of one ModelDeployment by this process (0 before its first)."""
+        return sum(s.value for f in text_string_to_metric_families(self.metrics()) for s in f.samples
+                   if s.name == OBJECT_RECONCILES and s.labels.get("namespace") == namespace
+                   and s.labels.get("name") == name)
+
+    def wait_for_reconciles(self, namespace: str, names: Iterable[str], passes: int = 1,
+                            timeout: float = 60) -> None:
+        """Wait until this process has completed `passes` reconcile passes of each named object.
+
+        After a restart, "nothing changed" holds only once the new process has looked at the
+        object; a fixed sleep either wastes time or passes before it did. The counter is per
+        process and counts only finished passes (incremented after the last write of a pass).
+        """
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
+            pending = [n for n in pending if self.reconciles_of(namespace, n) < passes]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"timed out after {timeout}s: {passes} completed reconcile pass(es) of "
+                                     f"{pending} in {namespace} by the operator:\n{self.log_tail()}")
+            time.sleep(0.2)
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, as in a node failure or OOM kill."""
