@@ -98,7 +98,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    tc = cluster_support.start_real_node(args.cluster)
+    tc = cluster_support.start_real_node(args.cluster, service_cidr=None)  # beside the e2e cluster too
     try:
         store = prepare(tc, NS)
         uri = "s3://models/digits/bench-erroring/model.tar.gz"

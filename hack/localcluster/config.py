@@ -33,7 +33,8 @@ class ClusterConfig:
     gpus_per_node: int = 8
     gpu_product: str = "NVIDIA-H100-80GB-HBM3"
     max_pods_per_node: int = 110
-    service_cidr: str = "10.96.0.0/16"
+    # None: 10.96.0.0/16, or for a real node a range of its own (hostnet.service_cidr says which).
+    service_cidr: str | None = None
     pod_cidr: str = "10.245.0.0/16"
     extra_apiserver_args: tuple[str, ...] = field(default=())
     # One real kubelet + containerd node on this machine (real pods); fake_nodes may then be 0.

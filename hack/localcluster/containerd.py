@@ -84,8 +84,10 @@ def healthy(cfg: ClusterConfig) -> bool:
         return False
 
 
-def start(cfg: ClusterConfig, sandbox_image: str, cni_conf_dir: Path, timeout: float = 30) -> None:
-    """Start containerd unless it is already answering."""
+def start(cfg: ClusterConfig, sandbox_image: str, cni_conf_dir: Path, timeout: float = 30,
+          wrap: tuple[str, ...] = ()) -> None:
+    """Start containerd unless it is already answering; `wrap` prefixes its argv (e.g. nsenter
+    into the node's network namespace, where its CNI plugins then make the pods' network)."""
     run = cfg.root / "run"
     if process.running(run, "containerd") and healthy(cfg):
         return
@@ -93,7 +95,7 @@ def start(cfg: ClusterConfig, sandbox_image: str, cni_conf_dir: Path, timeout: f
     d = home(cfg)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.toml").write_text(render_config(cfg, sandbox_image, cni_conf_dir))
-    process.start(run, cfg.logs, "containerd", ["containerd", "--config", str(d / "config.toml")])
+    process.start(run, cfg.logs, "containerd", [*wrap, "containerd", "--config", str(d / "config.toml")])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if healthy(cfg):

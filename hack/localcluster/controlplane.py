@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import binaries, hostnet, kubeconfig, kwok_stages, pki, process, realnode
+from . import binaries, hostnet, kubeconfig, kwok_stages, netplan, pki, process, realnode
 from .config import ClusterConfig
 from .progress import say, step
 
@@ -75,8 +75,9 @@ def ensure_ports(cfg: ClusterConfig) -> Ports:
 
 
 def api_host(cfg: ClusterConfig) -> str:
-    """Where the API server listens: loopback, or the node bridge's address so pods reach it."""
-    return hostnet.GATEWAY if cfg.real_node else "127.0.0.1"
+    """Where the API server listens: loopback, or the host's address on the real node's network
+    (the bridge's in the legacy layout) so pods reach it."""
+    return hostnet.network(cfg).host_ip if cfg.real_node else "127.0.0.1"
 
 
 def server_url(cfg: ClusterConfig, ports: Ports) -> str:
@@ -177,7 +178,7 @@ def _args(cfg: ClusterConfig, component: str, ports: Ports, bins: dict[str, Path
                 "--api-audiences=https://kubernetes.default.svc.cluster.local",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",
-                f"--service-cluster-ip-range={cfg.service_cidr}",
+                f"--service-cluster-ip-range={hostnet.service_cidr(cfg)}",
                 "--allow-privileged=true",
                 # The `kubernetes` Service's endpoint is the advertised address; loopback is not a
                 # valid endpoint, so kwok-only clusters keep none (nothing in them reaches it anyway).
@@ -195,7 +196,7 @@ def _args(cfg: ClusterConfig, component: str, ports: Ports, bins: dict[str, Path
                 f"--service-account-private-key-file={k / 'sa.key'}", f"--root-ca-file={k / 'ca.crt'}",
                 f"--cluster-signing-cert-file={k / 'ca.crt'}", f"--cluster-signing-key-file={k / 'ca.key'}",
                 "--use-service-account-credentials=true", "--leader-elect=false",
-                f"--service-cluster-ip-range={cfg.service_cidr}", "--profiling=false", "--v=1"]
+                f"--service-cluster-ip-range={hostnet.service_cidr(cfg)}", "--profiling=false", "--v=1"]
     if component == "kube-scheduler":
         kcfg = kc / "scheduler.kubeconfig"
         return [str(bins["kube-scheduler"]), f"--kubeconfig={kcfg}",
@@ -218,12 +219,12 @@ _KUBECONFIG_OF = {"kube-controller-manager": "controller-manager", "kube-schedul
 def _prepare(cfg: ClusterConfig, ports: Ports) -> set[str]:
     """Certificates, kubeconfigs, audit policy; return the components whose inputs changed
     (e.g. `up --real-node` on an existing cluster moves the API server to the bridge address)."""
-    names: tuple[str, ...] = ("127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default",
-                              "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+    names: tuple[str, ...] = ("127.0.0.1", "localhost", netplan.first_host(hostnet.service_cidr(cfg)), "kubernetes",
+                              "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
     cert = cfg.pki / "apiserver.crt"
     cert_before = cert.read_bytes() if cert.exists() else b""
     if cfg.real_node:
-        names = (*names, hostnet.GATEWAY)
+        names = (*names, api_host(cfg))
         pki.ensure_pki(cfg.pki, names, realnode.client_identities(cfg), realnode.serving_certs(cfg))
     else:
         pki.ensure_pki(cfg.pki, names)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import containerd, hostnet
 from .config import ClusterConfig
+from .netplan import Network
 
 
 @dataclass
@@ -32,17 +33,22 @@ def cgroup_root(cfg: ClusterConfig) -> str:
     return f"modeldeploy-{cfg.name}"
 
 
-def kubelet_config(cfg: ClusterConfig, ports: NodePorts) -> dict[str, object]:
-    """KubeletConfiguration for cgroup v1 without CAP_SYS_RESOURCE, everything under the cluster dir."""
+def kubelet_config(cfg: ClusterConfig, ports: NodePorts, net: Network | None = None) -> dict[str, object]:
+    """KubeletConfiguration for cgroup v1 without CAP_SYS_RESOURCE, everything under the cluster dir.
+
+    In the node's own namespace its loopback is not the host's: health endpoints listen on the
+    node's IP there, so `status` on the host reaches them.
+    """
+    net = net or hostnet.network(cfg)
     d = node_dir(cfg)
     k = cfg.pki
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        "address": hostnet.GATEWAY,
+        "address": net.node_ip,
         "port": ports.kubelet,
         "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
+        "healthzBindAddress": net.health_host,
         "healthzPort": ports.kubelet_healthz,
         "tlsCertFile": str(k / "kubelet-serving.crt"),
         "tlsPrivateKeyFile": str(k / "kubelet-serving.key"),
@@ -85,23 +91,28 @@ def kubelet_config(cfg: ClusterConfig, ports: NodePorts) -> dict[str, object]:
     }
 
 
-def kube_proxy_config(cfg: ClusterConfig, ports: NodePorts) -> dict[str, object]:
-    """iptables mode, without the sysctl writes (conntrack sizing, route_localnet) it cannot do here."""
+def kube_proxy_config(cfg: ClusterConfig, ports: NodePorts, net: Network | None = None) -> dict[str, object]:
+    """iptables mode, without the sysctl writes (conntrack sizing, route_localnet) it cannot do here.
+
+    Its KUBE-* chains are global to the network namespace it runs in: the node's own, so other
+    clusters' kube-proxies never see them.
+    """
+    net = net or hostnet.network(cfg)
     return {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": str(cfg.root / "kubeconfigs" / "kube-proxy.kubeconfig")},
         "mode": "iptables",
         "hostnameOverride": cfg.node_name,
-        "clusterCIDR": hostnet.SUBNET,
+        "clusterCIDR": net.pod_subnet,
         "detectLocalMode": "ClusterCIDR",
         # The node's IP (the kubelet's --node-ip), so kube-proxy never falls back to loopback.
-        "bindAddress": hostnet.GATEWAY,
-        "healthzBindAddress": f"127.0.0.1:{ports.proxy_healthz}",
-        "metricsBindAddress": f"127.0.0.1:{ports.proxy_metrics}",
+        "bindAddress": net.node_ip,
+        "healthzBindAddress": f"{net.health_host}:{ports.proxy_healthz}",
+        "metricsBindAddress": f"{net.health_host}:{ports.proxy_metrics}",
         "oomScoreAdj": 0,
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
         "iptables": {"localhostNodePorts": False, "masqueradeAll": False, "syncPeriod": "30s",
                      "minSyncPeriod": "0s"},
-        "nodePortAddresses": [hostnet.SUBNET],
+        "nodePortAddresses": [net.pod_subnet],
     }

@@ -109,7 +109,7 @@ def up(cfg: ClusterConfig) -> Store:
     if path.exists():
         store = Store(**json.loads(path.read_text()))
     else:
-        host = hostnet.GATEWAY if cfg.real_node else "127.0.0.1"
+        host = hostnet.network(cfg).host_ip if cfg.real_node else "127.0.0.1"
         store = Store(f"http://{host}:{process.free_port()}", "md-" + secrets.token_hex(4), secrets.token_hex(20))
         path.write_text(json.dumps(asdict(store)))
         path.chmod(0o600)

@@ -2,10 +2,13 @@
 
 kwok nodes only pretend to run pods; this node runs them (images built locally with oci.py),
 so tests can exercise kubectl logs/exec, Services through kube-proxy and in-cluster API access.
-Order on `up`: bridge (before the API server, which binds to its address) -> control plane ->
-containerd (+ pause image) -> kubelet -> kube-proxy -> fake GPUs on the registered node.
-`down` removes every trace: processes, shims, mounts, cgroups, netfilter chains, the bridge and
-the host settings (sysctls) the node components changed.
+Order on `up`: the node's network (its own network namespace, bridge and a link to the host,
+before the API server, which binds to the host end) -> control plane -> containerd (+ pause
+image) -> kubelet -> kube-proxy -> fake GPUs on the registered node. Node components run in the
+node's namespace, so several clusters on one machine can each have a real node.
+`down` removes every trace of this cluster: processes, shims, mounts, cgroups, its namespace (with
+every netfilter chain in it), its link and routes; the host settings (sysctls) the node components
+changed are put back by the last real node on the machine to go.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from . import binaries, containerd, hostclean, hostnet, images, kubeconfig, nodeconfig, nodes, pki, process
+from . import binaries, containerd, hostclean, hostnet, images, kubeconfig, netplan, nodeconfig, nodes, pki, process
 from .config import ClusterConfig
 from .progress import say, step
 
@@ -46,11 +49,12 @@ def client_identities(cfg: ClusterConfig) -> tuple[pki.ClientIdentity, ...]:
 
 
 def serving_certs(cfg: ClusterConfig) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
-    return (("kubelet-serving", f"system:node:{cfg.node_name}", (cfg.node_name, hostnet.GATEWAY, "127.0.0.1")),)
+    return (("kubelet-serving", f"system:node:{cfg.node_name}",
+             (cfg.node_name, hostnet.network(cfg).node_ip, "127.0.0.1")),)
 
 
 def _state_path(cfg: ClusterConfig) -> Path:
-    return cfg.root / "realnode.json"
+    return cfg.root / hostnet.STATE_FILE
 
 
 def present(cfg: ClusterConfig) -> bool:
@@ -59,8 +63,13 @@ def present(cfg: ClusterConfig) -> bool:
 
 
 def _load_state(cfg: ClusterConfig) -> dict[str, object]:
+    return _read_state(cfg.root)
+
+
+def _read_state(root: Path) -> dict[str, object]:
+    """A cluster directory's real-node record ({} if none): also read for other clusters."""
     try:
-        return dict(json.loads(_state_path(cfg).read_text()))
+        return dict(json.loads((root / hostnet.STATE_FILE).read_text()))
     except (FileNotFoundError, ValueError):
         return {}
 
@@ -73,20 +82,60 @@ def _ports(cfg: ClusterConfig) -> nodeconfig.NodePorts | None:
 
 
 def prepare_host(cfg: ClusterConfig) -> None:
-    """Before the control plane starts: binaries, the bridge, and a record of host settings."""
+    """Before the control plane starts: binaries, the recorded choices, the node's network."""
     binaries.ensure("kubelet", "kube-proxy")
-    with step(f"bridge {hostnet.BRIDGE} {hostnet.GATEWAY} for the real node"):
-        hostnet.ensure_bridge(cfg.name)
     if not _state_path(cfg).exists():
-        picked: list[int] = []
-        while len(picked) < 4:
-            p = process.free_port()
-            if p not in picked:
-                picked.append(p)
-        state = {"ports": asdict(nodeconfig.NodePorts(*picked)), "sysctls": hostnet.read_sysctls(),
-                 "host_dirs_existed": [str(p) for p in _HOST_DIRS if p.exists()]}
+        _record_new_node(cfg)
+    net = hostnet.network(cfg)
+    with step(f"network of the real node: {net.describe()}"):
+        if net.netns:
+            hostnet.ensure_node_network(cfg, net)
+        else:
+            hostnet.ensure_bridge(cfg.name)
+
+
+def _record_new_node(cfg: ClusterConfig) -> None:
+    """Choose ports and a network free on this host and record them with the host's original
+    settings, once: every later `up`, `status` and `down` reads the same choice."""
+    with hostnet.allocation_lock():
+        taken, names = hostnet.in_use(cfg.name)
+        net = netplan.choose(cfg.name, taken, names, _pinned_service_cidr(cfg))
+        state = {"ports": asdict(nodeconfig.NodePorts(*_free_ports(4))), "network": asdict(net),
+                 **_host_baseline(cfg)}
         cfg.root.mkdir(parents=True, exist_ok=True)
-        _state_path(cfg).write_text(json.dumps(state, indent=2))
+        tmp = _state_path(cfg).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(_state_path(cfg))  # whole or absent: other clusters read it to avoid our range
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (free_port alone may hand out the same one twice)."""
+    picked: list[int] = []
+    while len(picked) < count:
+        p = process.free_port()
+        if p not in picked:
+            picked.append(p)
+    return picked
+
+
+def _pinned_service_cidr(cfg: ClusterConfig) -> str | None:
+    """The Service range the node must route: the configured one, or, for a control plane
+    that already runs without a real node, the default it was started with (changing a live
+    cluster's Service range would orphan its Services)."""
+    if cfg.service_cidr or not (cfg.root / "state.json").exists():
+        return cfg.service_cidr
+    return netplan.DEFAULT_SERVICE_CIDR
+
+
+def _host_baseline(cfg: ClusterConfig) -> dict[str, object]:
+    """The host's settings from before any real node changed them: the machine's first real
+    node reads them, later ones copy its record (reading now would take another node's
+    changes for the original)."""
+    for _, root in hostnet.other_clusters(cfg.name):
+        other = _read_state(root)
+        if isinstance(other.get("sysctls"), dict):
+            return {"sysctls": other["sysctls"], "host_dirs_existed": other.get("host_dirs_existed", [])}
+    return {"sysctls": hostnet.read_sysctls(), "host_dirs_existed": [str(p) for p in _HOST_DIRS if p.exists()]}
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
@@ -108,10 +157,11 @@ def _http_ok(url: str) -> bool:
 def healthy(cfg: ClusterConfig, component: str, ports: nodeconfig.NodePorts) -> bool:
     if component == "containerd":
         return containerd.healthy(cfg)
+    host = hostnet.network(cfg).health_host
     if component == "kube-proxy":
-        return _http_ok(f"http://127.0.0.1:{ports.proxy_healthz}/livez")
+        return _http_ok(f"http://{host}:{ports.proxy_healthz}/livez")
     if component == "kubelet":
-        return _http_ok(f"http://127.0.0.1:{ports.kubelet_healthz}/healthz")
+        return _http_ok(f"http://{host}:{ports.kubelet_healthz}/healthz")
     raise ValueError(component)
 
 
@@ -160,16 +210,18 @@ def up(cfg: ClusterConfig, server: str) -> None:
     if ports is None:
         raise RuntimeError("prepare_host() must run before realnode.up()")
     bins = binaries.ensure("kubelet", "kube-proxy")
+    net = hostnet.network(cfg)
+    wrap = hostnet.enter(cfg, net)
     d = nodeconfig.node_dir(cfg)
     d.mkdir(parents=True, exist_ok=True)
     hostclean.ensure_cgroup(nodeconfig.cgroup_root(cfg))
-    hostnet.write_cni_config(cfg.name, cni_conf_dir(cfg), d / "ipam")
+    hostnet.write_cni_config(cfg.name, cni_conf_dir(cfg), d / "ipam", net)
     # Pods get no cluster DNS (there is none); a loopback resolver fails fast inside the pod
     # instead of sending queries to the host's network.
     _write_if_changed(d / "resolv.conf", "nameserver 127.0.0.1\noptions ndots:1 timeout:1 attempts:1\n")
 
     with step("containerd"):
-        containerd.start(cfg, images.PAUSE_IMAGE, cni_conf_dir(cfg))
+        containerd.start(cfg, images.PAUSE_IMAGE, cni_conf_dir(cfg), wrap=wrap)
     if not containerd.has_image(cfg, images.PAUSE_IMAGE):
         with step(f"importing {images.PAUSE_IMAGE}"):
             containerd.import_image(cfg, images.pause_image())
@@ -180,16 +232,18 @@ def up(cfg: ClusterConfig, server: str) -> None:
         text = kubeconfig.render(server, cfg.pki, stem, cfg.name)
         kc_changed |= _write_if_changed(kcdir / f"{stem}.kubeconfig", text)
     kubelet_cfg = d / "kubelet.yaml"
-    changed = _write_if_changed(kubelet_cfg, yaml.safe_dump(nodeconfig.kubelet_config(cfg, ports), sort_keys=False))
-    argv = [str(bins["kubelet"]), f"--config={kubelet_cfg}", f"--kubeconfig={kcdir / 'kubelet.kubeconfig'}",
+    changed = _write_if_changed(kubelet_cfg, yaml.safe_dump(nodeconfig.kubelet_config(cfg, ports, net),
+                                                            sort_keys=False))
+    argv = [*wrap, str(bins["kubelet"]), f"--config={kubelet_cfg}", f"--kubeconfig={kcdir / 'kubelet.kubeconfig'}",
             f"--root-dir={d / 'kubelet'}", f"--hostname-override={cfg.node_name}",
-            f"--node-ip={hostnet.GATEWAY}", "--node-labels=type=real", "--v=1"]
+            f"--node-ip={net.node_ip}", "--node-labels=type=real", "--v=1"]
     _start(cfg, "kubelet", argv, ports, changed or kc_changed)
 
     # After the kubelet: kube-proxy waits (up to 30 s) for its Node object to exist.
     proxy_cfg = d / "kube-proxy.yaml"
-    changed = _write_if_changed(proxy_cfg, yaml.safe_dump(nodeconfig.kube_proxy_config(cfg, ports), sort_keys=False))
-    _start(cfg, "kube-proxy", [str(bins["kube-proxy"]), f"--config={proxy_cfg}", "--v=1"], ports,
+    changed = _write_if_changed(proxy_cfg, yaml.safe_dump(nodeconfig.kube_proxy_config(cfg, ports, net),
+                                                          sort_keys=False))
+    _start(cfg, "kube-proxy", [*wrap, str(bins["kube-proxy"]), f"--config={proxy_cfg}", "--v=1"], ports,
            changed or kc_changed)
 
     with step(f"node {cfg.node_name} Ready"):
@@ -224,17 +278,39 @@ def advertise_gpus(cfg: ClusterConfig) -> None:
 
 
 def down(cfg: ClusterConfig) -> list[str]:
-    """Stop the node and remove every trace of it from the host; return what could not be removed."""
+    """Stop the node and remove every trace of it from the host; return what could not be removed.
+
+    Only this cluster's things go: its processes, cgroups, mounts (its namespace among them, with
+    every netfilter rule inside), its link. What real nodes share (host directories, sysctls) is
+    put back only by the last real node on the machine.
+    """
     run = cfg.root / "run"
     state = _load_state(cfg)
+    net = hostnet.network(cfg)
     for name in ("kubelet", "kube-proxy"):
         process.stop(run, name)
     if (nodeconfig.node_dir(cfg) / "containerd").exists() or process.running(run, "containerd"):
         containerd.stop(cfg)
     problems = [f"cgroup {p}" for p in hostclean.remove_cgroup(nodeconfig.cgroup_root(cfg))]
     problems += [f"mount {m}" for m in hostclean.unmount_all(cfg.root)]
+    if net.netns:
+        hostnet.delete_node_network(cfg, net)
+    else:
+        problems += _down_legacy_network(cfg)
+    _remove_own_host_files(cfg)
+    if not any(True for _ in hostnet.other_clusters(cfg.name)):
+        existed = state.get("host_dirs_existed")
+        _remove_host_dirs({str(p) for p in existed} if isinstance(existed, list) else {str(p) for p in _HOST_DIRS})
+        saved = state.get("sysctls")
+        if isinstance(saved, dict):
+            hostnet.restore_sysctls({str(k): str(v) for k, v in saved.items()})
+    return problems
+
+
+def _down_legacy_network(cfg: ClusterConfig) -> list[str]:
+    """The legacy layout's netfilter rules are the host's own: kube-proxy's clean-up, then ours."""
     owner = hostnet.bridge_owner()
-    # Netfilter rules are host-wide: leave them alone while another cluster's real node runs.
+    problems = []
     if owner == cfg.name or (owner is None and _state_path(cfg).exists()):
         kube_proxy = binaries.path_of("kube-proxy")
         if kube_proxy.exists():
@@ -242,16 +318,12 @@ def down(cfg: ClusterConfig) -> list[str]:
         hostnet.cleanup_netfilter(cfg.name)
         problems += [f"netfilter chain {c}" for c in hostnet.kube_chains()]
     hostnet.delete_bridge(cfg.name)
-    existed = state.get("host_dirs_existed")
-    _remove_host_files(cfg, {str(p) for p in existed} if isinstance(existed, list) else {str(p) for p in _HOST_DIRS})
-    saved = state.get("sysctls")
-    if isinstance(saved, dict):
-        hostnet.restore_sysctls({str(k): str(v) for k, v in saved.items()})
     return problems
 
 
-def _remove_host_files(cfg: ClusterConfig, existed_before: set[str]) -> None:
-    """What the kubelet and libcni write outside our directory: log links, CNI result cache."""
+def _remove_own_host_files(cfg: ClusterConfig) -> None:
+    """What the kubelet and libcni wrote outside our directory for this cluster: log links, CNI
+    result cache entries (found by our paths, network name and sandbox ids)."""
     ours = str(nodeconfig.node_dir(cfg) / "pod-logs")
     if _LOG_LINKS.is_dir():
         for link in _LOG_LINKS.iterdir():
@@ -263,6 +335,10 @@ def _remove_host_files(cfg: ClusterConfig, existed_before: set[str]) -> None:
             if f.is_file() and (f.name.startswith(f"{hostnet.network_name(cfg.name)}-") or
                                 any(sid in f.name for sid in sandboxes)):
                 f.unlink()
+
+
+def _remove_host_dirs(existed_before: set[str]) -> None:
+    """The host directories real nodes created (the last real node to go removes them)."""
     for top in _HOST_DIRS:
         if str(top) not in existed_before and top.is_dir():
             # We created it: our sockets go (the kubelet's device-plugin socket), then empty dirs.
@@ -286,6 +362,8 @@ def status(cfg: ClusterConfig) -> dict[str, str]:
             out[name] = "stopped"
         else:
             out[name] = f"{'healthy' if healthy(cfg, name, ports) else 'unhealthy'} (pid {pid})"
+    net = hostnet.network(cfg)
+    out["network"] = ("" if hostnet.bridge_present(cfg, net) else "BRIDGE MISSING: ") + net.describe()
     return out
 
 
@@ -294,10 +372,11 @@ def leftovers(cfg: ClusterConfig) -> list[str]:
     # Every component and shim names the cluster directory (config, socket or data dir) in its argv.
     found = [f"process {pid}: {' '.join(hostclean.cmdline(pid))[:120]}"
              for pid in hostclean.pids_naming(str(cfg.root))]
-    owner = hostnet.bridge_owner()
-    if owner == cfg.name:
-        found.append(f"bridge {hostnet.BRIDGE}")
-    if owner in (None, cfg.name):  # else the chains are another cluster's real node's
+    # Its link (or legacy bridge) is found by its alias: after `down` the record is gone.
+    found += hostnet.link_leftovers(cfg.name)
+    # Netfilter chains on the host itself only ever come from the legacy layout's kube-proxy;
+    # while another cluster owns the legacy bridge, they are that cluster's.
+    if hostnet.bridge_owner() in (None, cfg.name):
         found += [f"netfilter chain {c}" for c in hostnet.kube_chains()]
     found += [f"mount {m}" for m in hostclean.mounts_under(cfg.root)]
     found += [f"cgroup {h / nodeconfig.cgroup_root(cfg)}" for h in hostclean.cgroup_hierarchies(include_unified=True)

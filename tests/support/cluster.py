@@ -17,6 +17,12 @@ from localcluster import binaries
 from localcluster import cluster as localcluster
 from localcluster.config import ClusterConfig
 
+# `make demo`'s cluster: tests never start, reuse or take down a cluster of that name.
+DEMO_CLUSTER = "modeldeploy"
+# The e2e tier's real node keeps the conventional Service range (its tests expect the `kubernetes`
+# Service at 10.96.0.1); other real nodes on the machine get ranges of their own.
+E2E_SERVICE_CIDR = "10.96.0.0/16"
+
 
 @dataclass
 class ClusterHandle:
@@ -56,6 +62,7 @@ def start(name: str = "pytest") -> ClusterHandle:
     external = os.environ.get("MD_TEST_KUBECONFIG")
     if external:
         return ClusterHandle(Path(external), None)
+    _refuse_demo(name)
     cfg = ClusterConfig(name=name)
     localcluster.up(cfg)
     return ClusterHandle(cfg.kubeconfig, cfg)
@@ -63,6 +70,7 @@ def start(name: str = "pytest") -> ClusterHandle:
 
 def stop(tc: ClusterHandle) -> None:
     if tc.local is not None and not os.environ.get("MD_KEEP_CLUSTER"):
+        _refuse_demo(tc.local.name)
         localcluster.down(tc.local)
 
 
@@ -78,8 +86,20 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.5, message: str
     raise AssertionError(f"timed out after {timeout}s: {message} (last value: {last!r})")
 
 
-def start_real_node(name: str = "pytest-e2e") -> ClusterHandle:
-    """A local cluster with one real node (containerd + kubelet + kube-proxy) and no kwok nodes."""
-    cfg = ClusterConfig(name=name, fake_nodes=0, real_node=True)
+def _refuse_demo(name: str) -> None:
+    """The demo's cluster may be up beside the tests; a test that took it over would stop it."""
+    if name == DEMO_CLUSTER:
+        raise ValueError(f"cluster '{DEMO_CLUSTER}' is `make demo`'s: tests use clusters of their own "
+                         "(unset MD_TEST_CLUSTER / MD_TEST_REAL_CLUSTER, or name another cluster)")
+
+
+def start_real_node(name: str = "pytest-e2e", service_cidr: str | None = E2E_SERVICE_CIDR) -> ClusterHandle:
+    """A local cluster with one real node (containerd + kubelet + kube-proxy) and no kwok nodes.
+
+    The node gets a network of its own (namespace, bridge, pod range), so it runs beside any
+    other cluster's real node; `service_cidr=None` gives it a Service range of its own too.
+    """
+    _refuse_demo(name)
+    cfg = ClusterConfig(name=name, fake_nodes=0, real_node=True, service_cidr=service_cidr)
     localcluster.up(cfg)
     return ClusterHandle(cfg.kubeconfig, cfg)
