@@ -38,6 +38,7 @@ binaries: python
 	@$(STEP) "Triton Inference Server (from the nvidia-pytriton wheel, cached)" hack/triton/fetch.sh
 
 test-tools: python
+	@$(STEP) "system packages the tests need (Prometheus, Redis; only the missing ones)" hack/setup-system.sh --test
 	@$(STEP) "argocd CLI, to test the Argo CD health check (built once from the Go module proxy, cached)" hack/build-argocd.sh
 	@$(STEP) "Gateway API CRDs, to test the canary's HTTPRoute (from the Go module proxy, cached)" hack/fetch-gateway-api-crds.sh
 

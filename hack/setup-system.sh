@@ -8,9 +8,14 @@ packages=(
   gcc libc6-dev                                        # the pause image (a static C binary)
   debootstrap                                          # base image without a registry
   libpython3.11                                        # Triton's python backend stub
-  prometheus                                           # the PromQL metrics-source tests run their own server
-  redis-server                                         # Argo CD's cache, for the GitOps sync test (tests/support/argocd.py)
 )
+# Test-only packages (`make test` passes --test; `make demo` needs none of them).
+if [[ "${1:-}" == "--test" ]]; then
+  packages+=(
+    prometheus                                         # the PromQL metrics-source tests run their own server
+    redis-server                                       # Argo CD's cache, for the GitOps sync test (tests/support/argocd.py)
+  )
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
