@@ -4,7 +4,9 @@ Where a Prometheus already scrapes the serving pods (a PodMonitor, or kubernetes
 the operator can ask it once per decision instead of reaching into every pod: one instant query
 (`/api/v1/query`) per call, stdlib HTTP only. Series are selected by the standard target labels
 `namespace` and `pod` plus Triton's own `model` label, and give the same `TritonMetrics` as
-scraping the pod (counters summed over the model's versions and failure reasons).
+scraping the pod (counters summed over the model's versions and failure reasons; the p99 request
+latency is the `quantile="0.99"` series of Triton's summary as last scraped, the highest over the
+model's versions).
 
 Missing data is never zero: a pod without series, with samples older than `max_age`, or any
 failure of the query (HTTP, timeout, API error, malformed answer) gives None for that pod (for
@@ -27,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from .parse import _FIELDS as TRITON_FIELDS  # one name -> field mapping for both sources
-from .parse import TritonMetrics
+from .parse import REQUEST_SUMMARY, TritonMetrics, is_p99
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +61,15 @@ def promql_string(value: str) -> str:
 
 
 def build_query(namespace: str, pods: Iterable[str], model: str) -> str:
-    """One instant query: every raw Triton series of the model (and the pods' GPU gauges), plus
-    one `SAMPLE_TIME` series per pod whose value is the real time of its latest scrape.
+    """One instant query: every raw Triton series of the model (and the pods' GPU gauges), the
+    p99 series of its request latency summary, plus one `SAMPLE_TIME` series per pod whose value
+    is the real time of its latest scrape.
 
     Instant selectors answer with the evaluation time, not the sample's; `timestamp()` of a plain
     selector gives the sample's own time (one metric name only: timestamp() drops the name, so
-    several names would collide). `or` keeps both sides: their label sets never match.
+    several names would collide). `or` keeps every side: their label sets never match (only the
+    summary series have a `quantile` label). The quantile is matched as Triton writes it ("0.99");
+    a pod whose Triton exports no summary simply has no such series (p99 None).
     """
     pod_names = sorted(set(pods))
     if not pod_names:
@@ -74,9 +79,10 @@ def build_query(namespace: str, pods: Iterable[str], model: str) -> str:
     target = f"namespace={promql_string(namespace)},pod=~{promql_string(pod_re)}"
     # model="" matches series without the label: the GPU gauges, which belong to the pod.
     values = f"{{__name__=~{promql_string(names)},{target},model=~{promql_string(regex_escape(model) + '|')}}}"
+    p99 = f'{REQUEST_SUMMARY}{{{target},model={promql_string(model)},quantile="0.99"}}'
     one = f"nv_inference_count{{{target},model={promql_string(model)}}}"
     times = f'label_replace(max by (namespace, pod) (timestamp({one})), "__name__", "{SAMPLE_TIME}", "", "")'
-    return f"{values} or {times}"
+    return f"{values} or {p99} or {times}"
 
 
 def _sample(item: object) -> tuple[Mapping[str, str], float, float]:
@@ -98,7 +104,8 @@ def parse_response(payload: object, namespace: str, pods: Iterable[str], model: 
 
     A pod is None without series for the model, or when its latest scrape is older than
     `max_age` seconds at the query's evaluation time (a dead pod's last values are not current).
-    Duplicate series (the same pod scraped by two jobs) count once.
+    Duplicate series (the same pod scraped by two jobs) count once. A pod's p99 is None without
+    a summary series or when it is NaN (no request in Triton's window).
     """
     wanted = dict.fromkeys(pods)
     if not isinstance(payload, Mapping) or payload.get("status") != "success":
@@ -108,6 +115,7 @@ def parse_response(payload: object, namespace: str, pods: Iterable[str], model: 
         raise PrometheusError("malformed answer: not a vector result")
     counters: dict[str, dict[tuple[str, ...], float]] = {}
     gpus: dict[str, dict[str, float]] = {}
+    p99s: dict[str, dict[str, float]] = {}  # pod -> version -> p99 (us)
     scraped: dict[str, tuple[float, float]] = {}  # pod -> (evaluation time, sample time)
     for item in data["result"]:
         labels, at, value = _sample(item)
@@ -119,6 +127,10 @@ def parse_response(payload: object, namespace: str, pods: Iterable[str], model: 
         elif name == GPU_UTILIZATION:
             per_gpu, uuid = gpus.setdefault(pod, {}), labels.get("gpu_uuid", "")
             per_gpu[uuid] = max(value, per_gpu.get(uuid, value))
+        elif name == REQUEST_SUMMARY:
+            if labels.get("model") == model and is_p99(labels.get("quantile")):
+                per_version, version = p99s.setdefault(pod, {}), labels.get("version", "")
+                per_version[version] = max(value, per_version.get(version, value))
         elif name in TRITON_FIELDS and labels.get("model") == model:
             key = (name, *(labels.get(label, "") for label in _SERIES_LABELS))
             series = counters.setdefault(pod, {})
@@ -137,8 +149,9 @@ def parse_response(payload: object, namespace: str, pods: Iterable[str], model: 
         fields: dict[str, float] = {}
         for (name, *_), value in counters[pod].items():
             fields[TRITON_FIELDS[name]] = fields.get(TRITON_FIELDS[name], 0.0) + value
-        gpu = gpus.get(pod)
-        out[pod] = TritonMetrics(**fields, gpu_utilization=sum(gpu.values()) / len(gpu) if gpu else None,
+        gpu, p99 = gpus.get(pod), p99s.get(pod)
+        out[pod] = TritonMetrics(**fields, request_p99_us=max(p99.values()) if p99 else None,
+                                 gpu_utilization=sum(gpu.values()) / len(gpu) if gpu else None,
                                  sampled_at=sampled)
     return out
 

@@ -160,8 +160,18 @@ def _http_probe(path: str, period: int, timeout: int, failures: int) -> dict[str
     }
 
 
+# Triton's request latency summaries (nv_inference_request_summary_us{quantile=...}, experimental
+# since 23.04, in both the CPU image's 2.51 and NVIDIA's 24.10 image): the canary is judged on
+# their p99 (rollout/analysis.py). Quantile:allowed rank error pairs; 0.99 is what the operator reads.
+METRICS_CONFIG: Final = (
+    "summary_latencies=true",
+    "summary_quantiles=0.5:0.05,0.9:0.01,0.95:0.001,0.99:0.001",
+)
+
+
 def triton_args() -> list[str]:
-    """Triton's flags: fixed model set, strict readiness, no cloud-provider front ends."""
+    """Triton's flags: fixed model set, strict readiness, no cloud-provider front ends, latency
+    summaries (p99) besides the default latency counters."""
     return [
         f"--model-repository={c.MODEL_REPOSITORY_PATH}",
         "--model-control-mode=none",
@@ -173,6 +183,7 @@ def triton_args() -> list[str]:
         f"--grpc-port={c.PORT_GRPC}",
         f"--metrics-port={c.PORT_METRICS}",
         f"--exit-timeout-secs={TRITON_EXIT_TIMEOUT_S}",
+        *(f"--metrics-config={setting}" for setting in METRICS_CONFIG),
     ]
 
 

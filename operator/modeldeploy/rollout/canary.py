@@ -18,6 +18,7 @@ from .analysis import Analysis, Counters, Thresholds, Verdict, judge
 from .replicas import Live, Split
 
 MAX_ANALYSES_KEPT = 10
+P99_WINDOW_S = 60.0  # Triton's latency summaries cover the last 48-60 s (rollout/analysis.py)
 
 
 class Phase:
@@ -293,7 +294,7 @@ def _progressing(state: CanaryState, rollout: RolloutSpec, obs: Observation, now
         return Decision(st, sp.stable, sp.canary, True, events=tuple(events))
 
     assert st.last_analysis_at is not None
-    if now - st.last_analysis_at >= rollout.analysis.interval or _fails_early(st, rollout, obs):
+    if now - st.last_analysis_at >= rollout.analysis.interval or _fails_early(st, rollout, obs, now):
         st, verdict_event = _analyse(st, rollout, obs, now)
         events.append(verdict_event)
         if st.failures >= rollout.analysis.failure_limit:
@@ -316,14 +317,24 @@ def _progressing(state: CanaryState, rollout: RolloutSpec, obs: Observation, now
     return Decision(st, sp.stable, sp.canary, True, events=tuple(events))
 
 
-def _fails_early(st: CanaryState, rollout: RolloutSpec, obs: Observation) -> bool:
+def _windows(st: CanaryState, canary_now: Counters, stable_now: Counters, now: float) -> tuple[Counters, Counters]:
+    """The traffic since the last analysis, canary and stable. Triton's p99 covers its own sliding
+    window (up to P99_WINDOW_S), not ours: right after validation that window still holds the
+    validation Job's batched requests, so the first minute of step 1 is judged on means."""
+    canary_w, stable_w = canary_now.minus(st.last_canary), stable_now.minus(st.last_stable)
+    fresh = st.step_started_at is not None and now - st.step_started_at < P99_WINDOW_S
+    if st.validation is not None and st.step == 0 and fresh:
+        canary_w, stable_w = dataclasses.replace(canary_w, p99_us=None), dataclasses.replace(stable_w, p99_us=None)
+    return canary_w, stable_w
+
+
+def _fails_early(st: CanaryState, rollout: RolloutSpec, obs: Observation, now: float) -> bool:
     """Bad news does not wait for the interval: once the window since the last analysis holds
     minRequests canary requests and already fails, it is judged now. Good news waits: a pass needs
     the whole interval, and missing metrics are judged only when the interval is over."""
     if obs.canary_counters is None or obs.stable_counters is None:
         return False
-    window = judge(obs.canary_counters.minus(st.last_canary), obs.stable_counters.minus(st.last_stable),
-                   _thresholds(rollout))
+    window = judge(*_windows(st, obs.canary_counters, obs.stable_counters, now), _thresholds(rollout))
     return window.verdict == Verdict.FAIL
 
 
@@ -336,7 +347,7 @@ def _analyse(st: CanaryState, rollout: RolloutSpec, obs: Observation,
         canary_now, stable_now = st.last_canary, st.last_stable
     else:
         canary_now, stable_now = obs.canary_counters, obs.stable_counters
-        result = judge(canary_now.minus(st.last_canary), stable_now.minus(st.last_stable), _thresholds(rollout))
+        result = judge(*_windows(st, obs.canary_counters, obs.stable_counters, now), _thresholds(rollout))
     failures = st.failures + 1 if result.verdict == Verdict.FAIL else (0 if result.verdict == Verdict.PASS
                                                                         else st.failures)
     passes = st.passes_in_step + (1 if result.verdict == Verdict.PASS else 0)
