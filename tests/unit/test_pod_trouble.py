@@ -74,6 +74,9 @@ CASES = [
                                                   restarts=5),
      "failure", "triton: crashed 5 times without becoming Ready: segfault", "CrashLoopBackOff"),
     ("loader done, triton starting", pod(init={"state": term(0)}, main={"state": RUNNING}), "", "", ""),
+    ("triton restarted after an OOM kill, not Ready yet: the reason stays visible",
+     pod(main={"state": RUNNING, "lastState": term(137, "", "OOMKilled")}, restarts=1),
+     "trouble", "triton: OOMKilled (exit code 137, 1 restart(s))", "OOMKilled"),
 ]
 
 

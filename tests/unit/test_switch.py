@@ -6,6 +6,8 @@ math both share is in tests/unit/test_replicas.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 from modeldeploy.planning.observe import RevisionState
 from modeldeploy.planning.switch import SwitchInput, SwitchPlan, plan
 
@@ -84,3 +86,13 @@ def test_canary_strategy_never_trades_pods_here() -> None:
 def test_missing_stable_deployment_falls_back_to_current() -> None:
     p = plan(inp(), {"b": rs("b", 3, 3)})
     assert p.stable == "b" and p.replicas == {"b": 3}
+
+
+def test_a_revision_that_has_served_is_never_failed_for_a_crash_loop() -> None:
+    crashing = RevisionState("b", "m-b", "u", 1, 1, 0, "1", load_failure="triton: crashed 7 times without becoming "
+                             "Ready: exit code 137", crash_loop=True, oldest_starting_seconds=10_000)
+    assert plan(inp(stable=None, startup_timeout_seconds=60), {"b": crashing}).failed == "b"  # never served: fails
+    p = plan(inp(stable="b", current="b", startup_timeout_seconds=60, served=frozenset({"b"})), {"b": crashing})
+    assert p.failed is None and p.replicas == {"b": 3}  # served before: retried, not failed
+    refused = dataclasses.replace(crashing, load_failure="triton: failed to load 'm'", crash_loop=False)
+    assert plan(inp(stable="b", current="b", served=frozenset({"b"})), {"b": refused}).failed == "b"

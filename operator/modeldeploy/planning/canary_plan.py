@@ -82,7 +82,7 @@ def plan(inp: CanaryInput, observed: Mapping[str, RevisionState]) -> CanaryPlan:
         stable_spec=stable_state.spec_replicas, canary_spec=cur.spec_replicas if cur else 0,
         stable_ready=stable_state.ready, canary_ready=cur.ready if cur else 0,
         canary_counters=inp.canary_counters, stable_counters=inp.stable_counters,
-        load_failure=switch.revision_failure(cur, sw.startup_timeout_seconds),
+        load_failure=switch.revision_failure(cur, sw.startup_timeout_seconds, sw.current in sw.served),
         validation=inp.validation, manual=inp.manual)
     decision = canary.next_step(state, inp.rollout, obs, inp.now)
     events.extend(decision.events)

@@ -57,6 +57,7 @@ class RevisionState:
     oldest_starting_seconds: float = 0.0  # longest a not-Ready pod's serving container has been running
     trouble: str = ""  # trouble that may heal, with its real reason
     trouble_reason: str = ""
+    crash_loop: bool = False  # load_failure only says its pods crash-looped (not a load error)
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
@@ -71,12 +72,13 @@ def _last_line(term: Mapping[str, Any]) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _terminated(cs: Mapping[str, Any], *, init: bool) -> Mapping[str, Any] | None:
+def _terminated(cs: Mapping[str, Any], *, history: bool) -> Mapping[str, Any] | None:
     """The container's failed run that matters now: the current one, or the last one while it waits
-    to be restarted. A running serving container's past restarts are history; a running loader has
-    not succeeded yet, so its last failure still says what it is retrying."""
+    to be restarted. Once running again, the last failure still matters while the pod has not
+    recovered (`history`: a loader that has not succeeded yet, a serving container whose pod is not
+    Ready again); after that it is history."""
     state = cs.get("state", {})
-    if "running" in state and not init:
+    if "running" in state and not history:
         return None
     term = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
     return term if term and term.get("exitCode", 0) != 0 else None
@@ -127,14 +129,14 @@ def pod_trouble(pod: Mapping[str, Any]) -> PodTrouble:
     for cs in status.get("initContainerStatuses", []):
         name = cs.get("name", "")
         found = _waiting(name, cs)
-        if found is None and (term := _terminated(cs, init=True)) is not None:
+        if found is None and (term := _terminated(cs, history=True)) is not None:
             found = _loader_exit(name, term, int(cs.get("restartCount", 0)))
         if found is not None:
             return found
     for cs in status.get("containerStatuses", []):
         name = cs.get("name", "")
         found = _waiting(name, cs)
-        if found is None and (term := _terminated(cs, init=False)) is not None:
+        if found is None and (term := _terminated(cs, history=not ready)) is not None:
             found = _serving_exit(name, term, int(cs.get("restartCount", 0)))
         if found is not None:
             # A pod that is Ready serves: a sidecar's trouble or one restart is not a model failure.
@@ -199,6 +201,7 @@ def summarise(deployments: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[s
             ready=sum(1 for p in rev_pods if pod_ready(p)),
             model_version=labels.get(constants.LABEL_APP_VERSION, ""),
             load_failure=failure.failure if failure else "", unschedulable=unsched,
+            crash_loop=failure is not None and failure.reason == "CrashLoopBackOff",
             oldest_starting_seconds=max(starting, default=0.0),
             trouble=passing.trouble if passing else "", trouble_reason=passing.reason if passing else "",
         )

@@ -70,6 +70,12 @@ class StatusInput:
     notes: tuple[str, ...] = ()  # other things a user must fix (an optional API missing or forbidden)
 
 
+def served_revisions(previous: Mapping[str, Any], observed: Mapping[str, RevisionState]) -> frozenset[str]:
+    """Revisions that have had a Ready pod: recorded in status.revisions[].served, or Ready now."""
+    recorded = {r.get("revision") for r in previous.get("revisions") or () if r.get("served")}
+    return frozenset(rev for rev, s in observed.items() if s.ready > 0 or rev in recorded)
+
+
 def _condition(ctype: str, status: bool | None, reason: str, message: str, generation: int) -> dict[str, Any]:
     return {"type": ctype, "status": "Unknown" if status is None else ("True" if status else "False"),
             "reason": reason, "message": message, "observedGeneration": generation}
@@ -199,9 +205,10 @@ def compute(inp: StatusInput) -> dict[str, Any]:
     else:
         phase = Phase.READY
 
+    served = served_revisions(inp.previous, obs)
     revisions = [
         {"name": s.deployment, "revision": s.revision, "replicas": s.replicas, "readyReplicas": s.ready,
-         "modelVersion": s.model_version}
+         "modelVersion": s.model_version, **({"served": True} if s.revision in served else {})}
         for s in sorted(obs.values(), key=lambda s: s.revision) if s.revision not in plan.retire
     ]
     svc = f"{inp.name}.{inp.namespace}.svc"

@@ -34,6 +34,7 @@ class SwitchInput:
     stable: str | None  # revision recorded in status as serving
     failed: str | None  # revision recorded in status as unable to load
     startup_timeout_seconds: float
+    served: frozenset[str] = frozenset()  # revisions that have had a Ready pod (status.revisions[].served)
 
 
 @dataclass(frozen=True)
@@ -47,18 +48,21 @@ class SwitchPlan:
     decisions: tuple[tuple[str, str], ...] = field(default=())  # (event reason, message), one event each
 
 
-def revision_failure(state: RevisionState | None, startup_timeout: float) -> str:
+def revision_failure(state: RevisionState | None, startup_timeout: float, served: bool = False) -> str:
     """Why a revision can never serve, '' if it can or may still.
 
     Only failures that retrying cannot fix count (the loader's checksum, format, conversion and gate
     errors, Triton refusing the model, a crash loop with no pod ever Ready); a revision with a Ready
-    pod evidently loads. The startup timeout counts from the serving container's start, so image
-    pulls and the loader's time do not count against it.
+    pod evidently loads, and one that has served (`served`) is never failed for crashing pods or a
+    slow start: that is trouble to retry. The startup timeout counts from the serving container's
+    start, so image pulls and the loader's time do not count against it.
     """
     if state is None or state.ready > 0:
         return ""
-    if state.load_failure:
+    if state.load_failure and not (served and state.crash_loop):
         return state.load_failure
+    if served:
+        return ""
     if state.oldest_starting_seconds > startup_timeout and not state.unschedulable:
         return f"triton: not ready within the startup timeout ({startup_timeout:.0f}s after it started)"
     return ""
@@ -71,7 +75,7 @@ def plan(inp: SwitchInput, observed: Mapping[str, RevisionState]) -> SwitchPlan:
 
     # First revision, or the recorded stable one is gone: serve the current spec directly.
     if inp.stable is None or inp.stable == inp.current or inp.stable not in observed:
-        failure = revision_failure(cur_state, inp.startup_timeout_seconds)
+        failure = revision_failure(cur_state, inp.startup_timeout_seconds, inp.current in inp.served)
         promoted = inp.stable != inp.current
         decisions = ((Reason.PROMOTED, f"revision {inp.current} is now the stable revision"),) \
             if promoted and inp.stable else ()
@@ -84,7 +88,7 @@ def plan(inp: SwitchInput, observed: Mapping[str, RevisionState]) -> SwitchPlan:
     decisions: list[tuple[str, str]] = [(Reason.RETIRED, f"retiring intermediate revision {o}") for o in others]
 
     # A revision already known to fail stays stopped until the spec changes again.
-    failure = revision_failure(cur_state, inp.startup_timeout_seconds)
+    failure = revision_failure(cur_state, inp.startup_timeout_seconds, inp.current in inp.served)
     if inp.failed == inp.current or failure or inp.strategy != "Recreate":
         if failure and inp.failed != inp.current:
             decisions.append((Reason.FAILED, f"revision {inp.current} failed to load ({failure}); "
