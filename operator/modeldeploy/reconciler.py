@@ -210,7 +210,8 @@ class Reconciler:
         switch_input = switch.SwitchInput(
             desired_replicas=desired_replicas, gpus_per_pod=spec.serving.gpus, strategy=spec.rollout.strategy,
             current=current, stable=previous.get("stableRevision"), failed=previous.get("failedRevision"),
-            startup_timeout_seconds=spec.serving.startup_timeout_seconds)
+            startup_timeout_seconds=spec.serving.startup_timeout_seconds,
+            served=status.served_revisions(previous, observed))
         cplan = self._plan(md, spec, switch_input, observed, pods)
         plan = cplan.plan
 
