@@ -110,5 +110,5 @@ def test_unreachable_endpoint_is_retried_then_reported(tmp_path: Path, s3: tuple
     server, _ = s3
     env = {**server.env(), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # discard port: connection refused
     code, msg, repo = load(tmp_path, env, MD_SOURCE_URI=f"s3://{BUCKET}/linear/1/model.onnx")
-    assert code == 1 and msg.startswith(f"network error fetching s3://{BUCKET}/linear/1/model.onnx")
+    assert code == 75 and msg.startswith(f"network error fetching s3://{BUCKET}/linear/1/model.onnx")
     assert "gave up after 2 attempts" in msg and entries(repo) == []
