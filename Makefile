@@ -41,6 +41,8 @@ test-tools: python
 	@$(STEP) "system packages the tests need (Prometheus, Redis; only the missing ones)" hack/setup-system.sh --test
 	@$(STEP) "argocd CLI, to test the Argo CD health check (built once from the Go module proxy, cached)" hack/build-argocd.sh
 	@$(STEP) "Gateway API CRDs, to test the canary's HTTPRoute (from the Go module proxy, cached)" hack/fetch-gateway-api-crds.sh
+	@$(STEP) "kube-router, to enforce NetworkPolicies on the real node in the tests (built once from the Go module proxy, cached)" \
+		$(PY) -c "from tests.support import policy_controller; print(policy_controller.ensure())"
 
 lint: python
 	@$(STEP) "ruff" .venv/bin/ruff check operator hack tests benchmarks

@@ -14,6 +14,7 @@ if [[ "${1:-}" == "--test" ]]; then
   packages+=(
     prometheus                                         # the PromQL metrics-source tests run their own server
     redis-server                                       # Argo CD's cache, for the GitOps sync test (tests/support/argocd.py)
+    ipset                                              # kube-router's NetworkPolicy firewall (tests/support/policy_controller.py)
   )
 fi
 missing=()

@@ -2,7 +2,8 @@
 # Smoke-test a built serving-image rootfs without a container engine: in a private mount namespace,
 # chroot into it as UID 1000, let the model-loader write a repository for a small ONNX model, start
 # the image's entrypoint (hardened tritonserver), and check readiness, one inference and that the
-# model-repository API is refused without the per-start admin header.
+# repository, shared-memory, trace, logging and statistics APIs are refused without the per-start
+# admin header.
 #   serving-image/smoke.sh ROOTFS
 set -euo pipefail
 rootfs=$(cd "$1" && pwd)
@@ -39,7 +40,10 @@ curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null || { tail -30 "$roo
 out=$(curl -sf -X POST "http://127.0.0.1:$port/v2/models/smoke/infer" \
   -d "{\"inputs\":[{\"name\":\"x\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[1,2,3,4]}]}")
 echo "$out" | grep -q "\"data\":\[1.0,2.0,3.0\]" || { echo "unexpected inference answer: $out"; exit 1; }
-code=$(curl -s -o /dev/null -w "%{http_code}" -X POST "http://127.0.0.1:$port/v2/repository/index")
-[ "$code" != 200 ] || { echo "model-repository API answered without the admin header"; exit 1; }
-echo "smoke test passed: loader + tritonserver as uid 1000, inference answered, repository API refused ($code)"
+for call in "POST /v2/repository/index" "POST /v2/systemsharedmemory/region/r/register" \
+            "GET /v2/cudasharedmemory/status" "GET /v2/trace/setting" "GET /v2/logging" "GET /v2/models/stats"; do
+  code=$(curl -s -o /dev/null -w "%{http_code}" -X ${call% *} "http://127.0.0.1:$port${call#* }")
+  [ "$code" = 403 ] || { echo "$call answered $code without the admin header (want 403)"; exit 1; }
+done
+echo "smoke test passed: loader + tritonserver as uid 1000, inference answered, restricted APIs refused (403)"
 ' smoke "$rootfs" "$port"

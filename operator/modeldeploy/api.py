@@ -62,6 +62,7 @@ METRICS: Final = ("queueTime", "pendingRequests", "inferenceRate", "gpuUtilizati
 STRATEGIES: Final = ("Canary", "Recreate")
 URI_SCHEMES: Final = ("s3", "gs", "http", "https", "pvc", "file")
 MAX_NAME_LENGTH: Final = 56  # "<name>-canary" must fit a 63-character Service name
+MAX_SOURCE_BYTES: Final = 2**40  # spec.model.source.maxBytes: at most 1 TiB (it only lowers the operator's limit)
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -132,6 +133,7 @@ class SourceSpec:
     uri: str
     credentials_secret: str | None = None
     sha256: str | None = None  # lowercase hex
+    max_bytes: int | None = None  # lowers the operator's download limit for this model; None: the operator's
 
     @property
     def scheme(self) -> str:
@@ -462,7 +464,8 @@ def _parse_source(m: Mapping[str, Any]) -> SourceSpec:
         m, "credentialsSecret", f"{p}.credentialsSecret", pattern=_DNS1123_SUBDOMAIN, max_len=253, what="a Secret name"
     )
     sha = _str(m, "sha256", f"{p}.sha256", pattern=_SHA256, what="64 hex characters")
-    return SourceSpec(uri=uri, credentials_secret=secret, sha256=sha.lower() if sha else None)
+    max_bytes = None if m.get("maxBytes") is None else _int(m, "maxBytes", f"{p}.maxBytes", None, 1, MAX_SOURCE_BYTES)
+    return SourceSpec(uri=uri, credentials_secret=secret, sha256=sha.lower() if sha else None, max_bytes=max_bytes)
 
 
 def _parse_model(m: Mapping[str, Any], default_name: str | None) -> ModelSpec:
@@ -844,7 +847,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str | None = None) -> ModelDepl
 
 _HASH_SCHEMA: Final = "modeldeploy/revision/v1"  # bump deliberately: every revision changes with it
 # Fields added after v1 are hashed only when set: upgrading the operator must not roll out every model.
-_HASHED_ONLY_WHEN_SET: Final = frozenset({"inputs", "validation_data_uri"})
+_HASHED_ONLY_WHEN_SET: Final = frozenset({"inputs", "validation_data_uri", "max_bytes"})
 
 
 def _canonical(value: Any) -> Any:

@@ -7,10 +7,28 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 METRICS_SOURCES = ("scrape", "prometheus")
+# Most bytes a model-loader fetches for one model (the loader's MD_MAX_DOWNLOAD_BYTES, which has
+# the same default); spec.model.source.maxBytes can only lower it. docs/loader-contract.md.
+DEFAULT_MAX_DOWNLOAD_BYTES = 10 * 2**30
+_BYTES = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+_UNITS = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+          "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
+
+
+def parse_bytes(name: str, text: str) -> int:
+    """A byte count written as an integer or a Kubernetes quantity without fractions: 10Gi, 500M."""
+    m = _BYTES.match(text.strip())
+    if not m:
+        raise ValueError(f"{name} must be a number of bytes such as 10737418240 or 10Gi, not {text!r}")
+    value = int(m.group(1)) * _UNITS[m.group(2)]
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1 byte")
+    return value
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,8 @@ class Settings:
     extra: Mapping[str, str] = field(default_factory=dict)
     metrics_source: str = "scrape"  # scrape (each pod's :8002) | prometheus (PromQL at prometheus_url)
     prometheus_url: str = ""  # e.g. http://prometheus-operated.monitoring:9090; needed for metrics_source=prometheus
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES  # per model-loader run; sizes its emptyDir
+    network_policy: str = ""  # the chart's networkPolicy values as JSON (MD_NETWORK_POLICY); "" = none built
 
     def __post_init__(self) -> None:
         """Refuse a metrics source that cannot work at startup, not at the first autoscaling tick."""
@@ -42,6 +62,8 @@ class Settings:
                              "(e.g. http://prometheus-operated.monitoring:9090)")
         if self.metrics_source == "prometheus" and not self.prometheus_url.startswith(("http://", "https://")):
             raise ValueError("MD_PROMETHEUS_URL must start with http:// or https://")  # the value may hold a password
+        if self.max_download_bytes < 1:
+            raise ValueError("MD_MAX_DOWNLOAD_BYTES must be at least 1 byte")
 
     @property
     def cluster_wide(self) -> bool:
@@ -70,6 +92,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         image_pull_policy=e.get("MD_IMAGE_PULL_POLICY", d.image_pull_policy),
         metrics_source=e.get("MD_METRICS_SOURCE", d.metrics_source).strip().lower(),
         prometheus_url=e.get("MD_PROMETHEUS_URL", d.prometheus_url).strip(),
+        max_download_bytes=parse_bytes("MD_MAX_DOWNLOAD_BYTES", e["MD_MAX_DOWNLOAD_BYTES"])
+        if e.get("MD_MAX_DOWNLOAD_BYTES", "").strip() else d.max_download_bytes,
+        network_policy=e.get("MD_NETWORK_POLICY", d.network_policy).strip(),
     )
 
 

@@ -23,7 +23,7 @@ from .kube import events
 from .kube.client import Conflict, Forbidden, Kube, NotFound
 from .metrics.source import MetricsSource, source_from_settings
 from .planning import canary_plan, drift, observe, ownership, status, switch
-from .resources import Images, build_deployment, build_pdb, build_services, image_inputs
+from .resources import Images, build_deployment, build_pdb, build_services, image_inputs, networkpolicy
 from .resources.httproute import build_httproute
 from .rollout import canary
 from .rollout.analysis import Counters
@@ -101,12 +101,14 @@ class Reconciler:
         self.retry_failed_passes = True
         self.metrics: MetricsSource = source_from_settings(settings)
         self.validator = Validator(kube, settings)
+        self.network_policy = networkpolicy.parse(settings.network_policy)  # a bad value fails at start
         self._route_api: tuple[str, float] | None = None  # (installed | missing | forbidden, when checked)
 
     def images(self) -> Images:
         return Images(serving=self.settings.serving_image, loader=self.settings.loader_image,
                       converter=self.settings.converter_image, pull_policy=self.settings.image_pull_policy,
-                      serving_backend=self.settings.serving_backend)
+                      serving_backend=self.settings.serving_backend,
+                      max_download_bytes=self.settings.max_download_bytes)
 
     # --- coalescing: bursts of events for one object become one or two passes -------------------
     def request(self, namespace: str, name: str) -> None:
@@ -331,6 +333,8 @@ class Reconciler:
                               main_revision=cplan.main_service_revision)
         out.append(build_pdb(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
                              replicas=spec.replicas))
+        out += networkpolicy.build_network_policies(meta["name"], meta["namespace"], meta["uid"], current,
+                                                    self.network_policy)
         return out
 
     def _apply_child(self, desired: dict[str, Any], live: Mapping[str, Any] | None, spec: api.ModelDeploymentSpec,

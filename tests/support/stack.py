@@ -15,6 +15,13 @@ from tests.support.cluster import ClusterHandle
 
 ROOT = Path(__file__).resolve().parents[2]
 VALIDATION_URI = "s3://models/digits/validation.npz"
+# The chart values of the e2e stack. The admission policy stays on with its defaults except what
+# the e2e tests need, set here explicitly: their deliberately bad models are python tarballs on S3
+# without a sha256 (tests/e2e/test_canary.py, test_rollout_availability.py). Their images
+# (localhost/modeldeploy-triton-cpu:dev and :late) are the chart's own repository, allowed by default.
+CHART_VALUES = ("image.repository=localhost/modeldeploy-operator", "image.tag=dev",
+                "servingImage=localhost/modeldeploy-triton-cpu:dev", "resyncSeconds=5", "logLevel=INFO",
+                "admissionPolicy.allowPythonModels=true", "admissionPolicy.requireSha256ForPython=false")
 
 
 def prepare(tc: ClusterHandle, namespace: str, *chart_values: str) -> objectstore.Store:
@@ -31,9 +38,7 @@ def prepare(tc: ClusterHandle, namespace: str, *chart_values: str) -> objectstor
             continue  # published for an earlier module on this cluster: training again adds nothing
         subprocess.run([sys.executable, str(ROOT / "hack" / "demo_digits.py"), "publish", "--cluster", cfg.name,
                         "--version", version], check=True, capture_output=True)
-    op.install_chart(tc, "image.repository=localhost/modeldeploy-operator", "image.tag=dev",
-                     "servingImage=localhost/modeldeploy-triton-cpu:dev", "resyncSeconds=5", "logLevel=INFO",
-                     *chart_values)
+    op.install_chart(tc, *CHART_VALUES, *chart_values)
     tc.kubectl("rollout", "status", "deployment/modeldeploy", "-n", op.SYSTEM_NAMESPACE, "--timeout=120s")
     tc.kubectl("create", "namespace", namespace)
     tc.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")

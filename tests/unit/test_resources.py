@@ -295,7 +295,8 @@ def test_triton_container_command_ports_and_volumes() -> None:
         assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
         assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["model-repository"] == {"name": "model-repository", "emptyDir": {}}
+    # 4 x the default 10 GiB download limit + 1 GiB (resources/deployment.py, docs/loader-contract.md)
+    assert volumes["model-repository"] == {"name": "model-repository", "emptyDir": {"sizeLimit": "41Gi"}}
     assert "sizeLimit" in volumes["tmp"]["emptyDir"]
 
 

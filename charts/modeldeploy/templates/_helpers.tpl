@@ -50,10 +50,32 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  # two per ModelDeployment (networkPolicy.enabled): its serving pods' and its validation Job's
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+{{- end -}}
+
+
+{{/* The default serving image and backend: the GPU image (onnxruntime) when gpuServing.enabled. */}}
+{{- define "modeldeploy.servingImage" -}}
+{{- if and .Values.gpuServing .Values.gpuServing.enabled }}{{ .Values.gpuServing.image }}{{ else }}{{ .Values.servingImage }}{{ end -}}
+{{- end -}}
+
+{{- define "modeldeploy.servingBackend" -}}
+{{- if and .Values.gpuServing .Values.gpuServing.enabled }}onnxruntime{{ else }}{{ .Values.servingBackend }}{{ end -}}
+{{- end -}}
+
+{{/* MD_NETWORK_POLICY: the networkPolicy values and the operator's namespace, as one JSON document
+     (operator/modeldeploy/resources/networkpolicy.py parses it). */}}
+{{- define "modeldeploy.networkPolicy" -}}
+{{- $np := deepCopy (default dict .Values.networkPolicy) -}}
+{{- $_ := set $np "operatorNamespace" .Release.Namespace -}}
+{{- toJson $np -}}
 {{- end -}}

@@ -44,6 +44,7 @@ KINDS: dict[str, Kind] = {
     "Pod": Kind("v1", "pods"),
     "Event": Kind("v1", "events"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
+    "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
     "Job": Kind("batch/v1", "jobs"),
     "HTTPRoute": Kind("gateway.networking.k8s.io/v1", "httproutes"),
     "ServiceMonitor": Kind("monitoring.coreos.com/v1", "servicemonitors"),

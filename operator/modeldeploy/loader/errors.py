@@ -19,6 +19,15 @@ class FetchError(LoaderError):
     """The source could not be fetched and retrying will not help (403, 404, bad URI)."""
 
 
+class SourceRefused(FetchError):
+    """The source is not something the loader will copy: a link out of it, a redirect that would
+    hand credentials to another host or downgrade to http, a special file. Retrying cannot help."""
+
+
+class SizeLimitError(FetchError):
+    """The source is larger than the download limit (MD_MAX_DOWNLOAD_BYTES). Deterministic: exit 1."""
+
+
 class TransientFetchError(FetchError):
     """A fetch failure worth retrying (5xx, connection reset, timeout).
 

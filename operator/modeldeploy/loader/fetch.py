@@ -1,9 +1,19 @@
-"""Bring the model's bytes to the local disk, from any supported source.
+"""Bring the model's bytes to the local disk, from any supported source, trusting none of them.
 
 Remote sources (s3://, gs://, http(s)://) are downloaded into a work directory next to the
-model repository (the pod's /tmp is small); local ones (file://, pvc://) are read in place.
-Transient failures are retried with backoff; 403/404 fail at once with a reason that says
-what to fix.
+model repository (the pod's /tmp is small); local ones (file://, pvc://) are copied there too,
+without following a symbolic link out of the source (localsource.py), so every later step reads
+bytes that were checked. Transient failures are retried with backoff; 403/404 fail at once with a
+reason that says what to fix.
+
+What a source cannot make the loader do:
+- fetch more than the download limit (limits.py): a server's Content-Length is checked before
+  anything is written, and the bytes are counted as they arrive;
+- hand credentials to another host: a redirect to another scheme, host or port is followed
+  without the Authorization header (Basic or SigV4) and without any X-Amz-* header, Cookie or
+  Proxy-Authorization; a redirect from https to http, or to a scheme other than http(s), is
+  refused (as curl and requests do for credentials);
+- hold the loader in memory: an S3 listing is read in bounded pages, at most MAX_OBJECTS keys.
 """
 
 from __future__ import annotations
@@ -17,19 +27,27 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from . import sigv4
-from .errors import FetchError, TransientFetchError
+from .errors import FetchError, SizeLimitError, SourceRefused, TransientFetchError
+from .limits import ByteBudget, human
+from .localsource import copy_source, copy_tree
 from .report import log
 from .retry import with_retries
 from .uri import SourceURI
 
 GCS_ENDPOINT: Final = "https://storage.googleapis.com"
 CHUNK: Final = 1 << 20
+MAX_LISTING_BYTES: Final = 16 << 20  # one ListObjectsV2 page of 1000 keys is well under 1 MiB
+MAX_OBJECTS: Final = 100_000  # keys of one directory source
+MAX_LIST_PAGES: Final = 1_000
+MAX_REDIRECTS: Final = 5
+# Sent only to the host a request was made for: never across a redirect to another origin.
+_CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
 _RETRY_STATUS: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 _S3_NS: Final = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _HINTS: Final = {
@@ -48,6 +66,7 @@ class FetchOptions:
     timeout_s: float = 60.0
     source_mount: Path = Path("/source")
     backoff_s: float = 0.5
+    budget: ByteBudget = field(default_factory=ByteBudget)  # shared by every fetch of one run
 
 
 def _s3_error_code(body: bytes) -> str:
@@ -59,34 +78,159 @@ def _s3_error_code(body: bytes) -> str:
     return code if code.isalnum() else ""
 
 
-def _http_failure(status: int, reason: str, body: bytes, shown: str) -> FetchError:
+def _http_failure(status: int, reason: str, body: bytes, shown: str, note: str = "") -> FetchError:
     code = _s3_error_code(body)
     detail = f"HTTP {status} {reason}".strip() + (f" ({code})" if code else "")
     if status in _RETRY_STATUS:
         return TransientFetchError(f"{detail} fetching {shown}")
     hint = _HINTS.get(status, "")
-    return FetchError(f"{detail} fetching {shown}" + (f": {hint}" if hint else ""))
+    return FetchError(f"{detail} fetching {shown}" + (f": {hint}" if hint else "") + note)
 
 
-def _get(url: str, headers: Mapping[str, str], dest: Path | None, timeout_s: float, shown: str) -> bytes:
-    """One GET: the body streamed to `dest` (returns b"") or returned in memory when dest is None."""
+# ---------------------------------------------------------------- redirects
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL, the port made explicit: what credentials are bound to."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"https": 443, "http": 80}.get(scheme, 0)
+
+
+def show_origin(o: tuple[str, str, int]) -> str:
+    """An origin for messages: scheme://host:port, never a path or query (they may be presigned)."""
+    host = f"[{o[1]}]" if ":" in o[1] else o[1]
+    return f"{o[0]}://{host}:{o[2]}"
+
+
+def is_credential_header(name: str) -> bool:
+    """Headers that authenticate the request: Authorization, Cookie, Proxy-Authorization and every
+    X-Amz-* header (SigV4's date, payload hash and session token are bound to the signed host)."""
+    n = name.lower()
+    return n in _CREDENTIAL_HEADERS or n.startswith("x-amz-")
+
+
+class _RedirectRefused(Exception):
+    """Raised inside urllib's redirect handling; _get turns it into SourceRefused with the source's name."""
+
+
+def redirect_refusal(old_url: str, new_url: str) -> str | None:
+    """Why a redirect from `old_url` to `new_url` is refused, or None when it may be followed."""
+    old, new = origin(old_url), origin(new_url)
+    if new[0] not in ("http", "https"):
+        scheme = new[0] or "scheme-less"
+        return f"refusing a redirect from {show_origin(old)} to a {scheme} URL: only http(s) is fetched"
+    if old[0] == "https" and new[0] == "http":
+        return (f"refusing a redirect from https to http ({show_origin(old)} -> {show_origin(new)}): "
+                "the download would no longer be encrypted")
+    return None
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, minus credential forwarding and downgrades (urllib forwards both)."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def http_error_302(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        """Check the target before urllib does (it would echo a refused Location in its error)."""
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            refusal = redirect_refusal(req.full_url, urllib.parse.urljoin(req.full_url, location))
+            if refusal is not None:
+                fp.close()
+                raise _RedirectRefused(refusal)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        refusal = redirect_refusal(req.full_url, newurl)
+        if refusal is not None:
+            fp.close()
+            raise _RedirectRefused(refusal)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and origin(newurl) != origin(req.full_url):
+            for name in [k for k in new.headers if is_credential_header(k)]:
+                new.remove_header(name)
+            for name in [k for k in new.unredirected_hdrs if is_credential_header(k)]:
+                new.remove_header(name)
+        return new
+
+
+_OPENER: Final = urllib.request.build_opener(_Redirects)
+
+
+# ---------------------------------------------------------------- one GET
+
+
+def _announced(value: str | None) -> int | None:
+    """Content-Length as a number; None when absent or not a plain non-negative integer."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+def _stream(resp: Any, dest: Path, shown: str, budget: ByteBudget | None) -> int:
+    """Write the body to `dest`, refusing it before the first byte when its announced size does not
+    fit, and before the chunk that would pass the limit otherwise. Returns the bytes written."""
+    announced = _announced(resp.headers.get("Content-Length"))
+    if budget is not None and announced is not None:
+        budget.check(announced, shown, f"the server announced {announced} bytes (Content-Length)")
+    written = 0
+    try:
+        with open(dest, "wb") as f:
+            while chunk := resp.read(CHUNK):
+                if budget is not None:
+                    budget.check(written + len(chunk), shown,
+                                 f"more than {budget.remaining} bytes arrived without an announced size; "
+                                 "the download was stopped there")
+                f.write(chunk)
+                written += len(chunk)
+    except SizeLimitError:
+        dest.unlink(missing_ok=True)
+        raise
+    if announced is not None and written != announced:
+        raise TransientFetchError(f"download of {shown} was cut short ({written} of {announced} bytes)")
+    return written
+
+
+def _get(url: str, headers: Mapping[str, str], dest: Path | None, timeout_s: float, shown: str,
+         budget: ByteBudget | None = None) -> bytes:
+    """One GET: the body streamed to `dest` (returns b"", counted against `budget`) or, when dest is
+    None, returned in memory (at most MAX_LISTING_BYTES: S3 listings)."""
     request = urllib.request.Request(url, headers=dict(headers), method="GET")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+        with _OPENER.open(request, timeout=timeout_s) as resp:
             if dest is None:
-                return resp.read()
-            expected = resp.headers.get("Content-Length")
-            written = 0
-            with open(dest, "wb") as f:
-                while chunk := resp.read(CHUNK):
-                    f.write(chunk)
-                    written += len(chunk)
-            if expected is not None and written != int(expected):
-                raise TransientFetchError(f"download of {shown} was cut short ({written} of {expected} bytes)")
+                body: bytes = resp.read(MAX_LISTING_BYTES + 1)
+                if len(body) > MAX_LISTING_BYTES:
+                    raise FetchError(f"listing {shown}: the response is larger than {human(MAX_LISTING_BYTES)}")
+                return body
+            written = _stream(resp, dest, shown, budget)
+            if budget is not None:
+                budget.add(written)
             return b""
+    except _RedirectRefused as e:
+        raise SourceRefused(f"{e} fetching {shown}") from None
     except urllib.error.HTTPError as e:
         body = e.read(64 * 1024) if e.fp is not None else b""
-        raise _http_failure(e.code, e.reason or "", body, shown) from None
+        note = ""
+        final = e.geturl() or url
+        if any(is_credential_header(k) for k in headers) and origin(final) != origin(url):
+            note = f" (after a redirect to {show_origin(origin(final))}, which was not sent the credentials)"
+        raise _http_failure(e.code, e.reason or "", body, shown, note) from None
     except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e.__class__.__name__
         raise TransientFetchError(f"network error fetching {shown}: {reason}") from None
@@ -96,7 +240,7 @@ def _download(url: str, headers_for: _HeaderFactory, dest: Path, opts: FetchOpti
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     def attempt() -> Path:
-        _get(url, headers_for(), dest, opts.timeout_s, shown)
+        _get(url, headers_for(), dest, opts.timeout_s, shown, opts.budget)
         return dest
 
     return with_retries(attempt, f"fetching {shown}", opts.attempts, opts.backoff_s)
@@ -143,11 +287,12 @@ class S3Client:
         signed.pop("host")  # urllib sets Host itself, identically
         return signed
 
-    def list_keys(self, prefix: str, opts: FetchOptions, shown: str) -> list[str]:
-        """All keys under `prefix` (ListObjectsV2, following continuation tokens)."""
-        keys: list[str] = []
+    def list_objects(self, prefix: str, opts: FetchOptions, shown: str) -> list[tuple[str, int]]:
+        """(key, size) of every object under `prefix` (ListObjectsV2, following continuation
+        tokens), at most MAX_OBJECTS keys in at most MAX_LIST_PAGES pages."""
+        objects: list[tuple[str, int]] = []
         token = ""
-        while True:
+        for _ in range(MAX_LIST_PAGES):
             query = {"list-type": "2", "prefix": prefix}
             if token:
                 query["continuation-token"] = token
@@ -157,11 +302,20 @@ class S3Client:
                 return _get(self.url(p, q), self.headers(p, q), None, opts.timeout_s, shown)
 
             body = with_retries(attempt, f"listing {shown}", opts.attempts, opts.backoff_s)
-            root = ET.fromstring(body)
-            keys += [k.text or "" for k in root.iter(f"{_S3_NS}Key")]
+            try:
+                root = ET.fromstring(body)
+            except ET.ParseError:
+                raise FetchError(f"listing {shown}: the endpoint's answer is not an S3 listing") from None
+            for item in root.iter(f"{_S3_NS}Contents"):
+                key = item.findtext(f"{_S3_NS}Key") or ""
+                size = (item.findtext(f"{_S3_NS}Size") or "0").strip()
+                objects.append((key, int(size) if size.isdigit() else 0))
+            if len(objects) > MAX_OBJECTS:
+                raise FetchError(f"more than {MAX_OBJECTS} objects under {shown}: not a model directory")
             token = root.findtext(f"{_S3_NS}NextContinuationToken") or ""
             if root.findtext(f"{_S3_NS}IsTruncated") != "true" or not token:
-                return [k for k in keys if k and not k.endswith("/")]
+                return [(k, n) for k, n in objects if k and not k.endswith("/")]
+        raise FetchError(f"listing {shown} did not end after {MAX_LIST_PAGES} pages")
 
 
 def _relative(key: str, prefix: str) -> Path:
@@ -177,11 +331,13 @@ def _fetch_s3(uri: SourceURI, dest: Path, opts: FetchOptions) -> Path:
     if not uri.is_directory:
         path = client.path(uri.key)
         return _download(client.url(path, {}), _HeaderFactory(client, path), dest / uri.basename, opts, shown)
-    keys = client.list_keys(uri.key, opts, shown)
-    if not keys:
+    objects = client.list_objects(uri.key, opts, shown)
+    if not objects:
         raise FetchError(f"no objects under {shown}")
+    total = sum(size for _, size in objects)
+    opts.budget.check(total, shown, f"its {len(objects)} objects total {total} bytes")
     root = dest / (uri.basename or "source")
-    for key in keys:
+    for key, _ in objects:
         path = client.path(key)
         _download(client.url(path, {}), _HeaderFactory(client, path), root / _relative(key, uri.key), opts, shown)
     return root
@@ -210,28 +366,31 @@ def _fetch_http(url: str, uri: SourceURI, dest: Path, opts: FetchOptions) -> Pat
     return _download(url, _HeaderFactory(static=headers), dest / (uri.basename or "model"), opts, uri.display())
 
 
-def _local(uri: SourceURI, opts: FetchOptions) -> Path:
+def _local(uri: SourceURI, dest: Path, opts: FetchOptions) -> Path:
+    """A checked copy of a pvc:// or file:// source under `dest` (localsource.py)."""
     path = uri.local_path(opts.source_mount)
-    if not path.exists():
+    if not os.path.lexists(path):
         where = f" (claim {uri.bucket} is mounted at {opts.source_mount})" if uri.scheme == "pvc" else ""
         raise FetchError(f"{uri.display()} does not exist{where}")
-    if not os.access(path, os.R_OK):
-        raise FetchError(f"{uri.display()} is not readable by uid {os.getuid()}")
-    return path
+    log.info("copying %s", uri.display())
+    boundary = opts.source_mount if uri.scheme == "pvc" else None
+    return copy_source(path, boundary, dest, uri.basename or "source", uri.display(), opts.budget)
 
 
 def fetch(uri: SourceURI, dest: Path, opts: FetchOptions) -> Path:
-    """The local path of the source: a downloaded copy under `dest`, or the file itself if local."""
-    if uri.scheme in ("file", "pvc"):
-        return _local(uri, opts)
+    """A copy of the source under `dest`: downloaded, or copied from a local path with every check."""
     dest.mkdir(parents=True, exist_ok=True)
-    log.info("fetching %s", uri.display())
-    if uri.scheme == "s3":
+    if uri.scheme in ("file", "pvc"):
+        path = _local(uri, dest, opts)
+    elif uri.scheme == "s3":
+        log.info("fetching %s", uri.display())
         path = _fetch_s3(uri, dest, opts)
-    elif uri.scheme == "gs":  # public objects only: GCS's XML API over plain https
+    elif uri.scheme == "gs":
+        log.info("fetching %s", uri.display())  # public objects only: GCS's XML API over plain https
         url = f"{GCS_ENDPOINT}/{uri.bucket}/{sigv4.uri_encode(uri.key, keep_slash=True)}"
         path = _fetch_http(url, uri, dest, opts)
     else:
+        log.info("fetching %s", uri.display())
         path = _fetch_http(uri.raw, uri, dest, opts)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
     log.info("fetched %s (%d bytes)", uri.display(), size)
@@ -239,9 +398,10 @@ def fetch(uri: SourceURI, dest: Path, opts: FetchOptions) -> Path:
 
 
 def copy_into(src: Path, dest: Path) -> None:
-    """Copy a file or directory tree to `dest` (used for in-place local sources)."""
+    """Copy a file or directory tree the loader made (under its work directory) to `dest`, with the
+    same refusals as a local source: no link out of it, no special files."""
     if src.is_dir():
-        shutil.copytree(src, dest, symlinks=False)
+        copy_tree(src, dest)
     else:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)

@@ -15,6 +15,7 @@ from ..resources.triton_config import Backend, ModelConfig, instance_groups, ren
 from . import checkdata, checksum, onnx_meta, python_model, uri
 from .errors import ConfigError, FormatError
 from .fetch import FetchOptions, fetch
+from .limits import ByteBudget
 from .quantize import QuantizationReport, quantize_gated
 from .repository import Staging, runner_source
 from .settings import InputShape, LoaderSettings
@@ -91,7 +92,10 @@ def _write_onnx(s: LoaderSettings, src: Path, validation: Path | None, stage: St
         with _temp_files_in(stage.work):
             report = quantize_gated(model, int8, sig, data, s.min_agreement)
         model = int8
-    shutil.copyfile(model, stage.version_dir / ONNX_FILE)
+    if model.is_relative_to(stage.work):  # every source is copied into work first: move, not copy again
+        model.replace(stage.version_dir / ONNX_FILE)
+    else:
+        shutil.copyfile(model, stage.version_dir / ONNX_FILE)
     if s.backend is Backend.PYTHON_ONNX:
         (stage.version_dir / "model.py").write_text(runner_source(s.runner_sys_path), encoding="utf-8")
     (stage.model_dir / CONFIG_FILE).write_text(render_config(config), encoding="utf-8")
@@ -107,14 +111,17 @@ def run(s: LoaderSettings, env: Mapping[str, str]) -> Result:
         raise ConfigError(
             f"MD_VALIDATION_URI: claim {validation_uri.bucket} is not mounted; only the model source's claim is"
         )
-    opts = FetchOptions(env=env, attempts=s.fetch_attempts, timeout_s=s.fetch_timeout_s, source_mount=s.source_mount)
+    budget = ByteBudget(s.max_download_bytes)  # the model and the validation data together
+    opts = FetchOptions(env=env, attempts=s.fetch_attempts, timeout_s=s.fetch_timeout_s, source_mount=s.source_mount,
+                        budget=budget)
     with Staging(s.repository, s.model_name) as stage:
         src = fetch(source, stage.work / "source", opts)
         checksum.verify(src, s.sha256)
         validation = fetch(validation_uri, stage.work / "validation", opts) if validation_uri else None
         report = None
         if s.format == "python":
-            user_config = python_model.install(src, stage.model_dir, stage.work, s.model_name, s.runner_sys_path)
+            user_config = python_model.install(src, stage.model_dir, stage.work, s.model_name, s.runner_sys_path,
+                                               max_unpacked_bytes=s.max_download_bytes)
             text = user_config if user_config is not None else render_config(_config(s, None, quantized=False))
             (stage.model_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
         else:

@@ -17,6 +17,7 @@ from typing import Final, NoReturn
 
 from ..resources.triton_config import Backend, DynamicBatching
 from .errors import ConfigError
+from .limits import DEFAULT_MAX_DOWNLOAD_BYTES
 
 FORMATS: Final = ("onnx", "torchscript", "pytorch-export", "python")
 QUANTIZE: Final = ("none", "int8")
@@ -59,6 +60,7 @@ class LoaderSettings:
     input_shapes: tuple[InputShape, ...] = ()
     fetch_attempts: int = 5
     fetch_timeout_s: float = 60.0
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
 
 
 # flag name -> (environment variable, help)
@@ -84,6 +86,8 @@ _OPTIONS: Final[dict[str, tuple[str, str]]] = {
     "input-shapes": ("MD_INPUT_SHAPES", 'TorchScript only: JSON [{"name": "x", "dtype": "float32", "shape": [1, 8]}]'),
     "fetch-attempts": ("MD_FETCH_ATTEMPTS", "tries per download on transient errors"),
     "fetch-timeout": ("MD_FETCH_TIMEOUT_SECONDS", "socket timeout per download attempt"),
+    "max-download-bytes": ("MD_MAX_DOWNLOAD_BYTES", "most bytes one run fetches (model + validation data), "
+                           "and most an archive may unpack to"),
 }
 
 
@@ -229,6 +233,8 @@ def from_sources(argv: Sequence[str] | None, env: Mapping[str, str]) -> LoaderSe
         if raw["fetch-attempts"] else d.fetch_attempts,
         fetch_timeout_s=_float("MD_FETCH_TIMEOUT_SECONDS", raw["fetch-timeout"])
         if raw["fetch-timeout"] else d.fetch_timeout_s,
+        max_download_bytes=_int("MD_MAX_DOWNLOAD_BYTES", raw["max-download-bytes"], 1)
+        if raw["max-download-bytes"] else d.max_download_bytes,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from .. import constants as c
 from ..api import ModelDeploymentSpec
+from ..config import DEFAULT_MAX_DOWNLOAD_BYTES
 from . import labels
 
 # Keys of spec.model.source.credentialsSecret handed to the loader (each optional in the Secret).
@@ -54,6 +55,7 @@ class Images:
     converter: str
     pull_policy: str = "IfNotPresent"
     serving_backend: str = ""
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES  # the operator's loader download limit
 
 
 def pod_images(spec: ModelDeploymentSpec, images: Images) -> tuple[str, str]:
@@ -104,6 +106,7 @@ def loader_env(spec: ModelDeploymentSpec, images: Images) -> list[dict[str, Any]
         {"name": "MD_GPUS", "value": str(serving.gpus)},
         {"name": "MD_INSTANCES_PER_GPU", "value": str(serving.instances_per_gpu)},
         {"name": "MD_REPOSITORY", "value": c.MODEL_REPOSITORY_PATH},
+        {"name": "MD_MAX_DOWNLOAD_BYTES", "value": str(max_download_bytes(spec, images))},
     ]
     if model.source.sha256:
         env.append({"name": "MD_SHA256", "value": model.source.sha256})
@@ -161,7 +164,7 @@ def _http_probe(path: str, period: int, timeout: int, failures: int) -> dict[str
 
 
 # Triton's request latency summaries (nv_inference_request_summary_us{quantile=...}, experimental
-# since 23.04, in both the CPU image's 2.51 and NVIDIA's 24.10 image): the canary is judged on
+# since 23.04, in both the CPU image's 2.51 and the GPU image's 26.10): the canary is judged on
 # their p99 (rollout/analysis.py). Quantile:allowed rank error pairs; 0.99 is what the operator reads.
 METRICS_CONFIG: Final = (
     "summary_latencies=true",
@@ -187,16 +190,37 @@ def triton_args() -> list[str]:
     ]
 
 
-# The model-repository and logging APIs (load/unload models, change logging) require a header
-# whose value is random per container start and never leaves the container: nobody can change
-# what a pod serves. The shell only makes the key, then execs tritonserver with the args.
-TRITON_COMMAND: Final = (
-    "/bin/sh", "-c",
-    'key=$(cat /proc/sys/kernel/random/uuid); exec tritonserver "$@" '
-    '--http-restricted-api="model-repository,logging:x-modeldeploy-admin=$key" '
-    '--grpc-restricted-protocol="model-repository,logging:x-modeldeploy-admin=$key"',
-    "tritonserver",
+# Triton's APIs that no client of a model needs, refused on HTTP (--http-restricted-api, 403) and
+# gRPC (--grpc-restricted-protocol, UNAVAILABLE) unless a request carries ADMIN_HEADER with a key
+# that is random per container start and never leaves the container (no client, Secret or
+# operator has it). Health, metadata, model-config (the validation Job reads it) and inference
+# stay open. docs/security.md.
+#  - shared-memory: register/unregister/status of system and CUDA shared memory; registering the
+#    python backend's own region is a step of the 2025 RCE chain (CVE-2025-23319/23320/23334);
+#  - trace: trace settings (a trace file path, rates); logging: log settings (verbosity, log file);
+#  - model-repository: index, load, unload (a pod serves the fixed model set the loader wrote);
+#  - statistics: per-model counts and timings (the operator reads the :8002 metrics instead).
+RESTRICTED_APIS: Final = ("shared-memory", "trace", "model-repository", "logging", "statistics")
+ADMIN_HEADER: Final = "x-modeldeploy-admin"
+HTTP_MAX_INPUT_BYTES: Final = 64 * 1024 * 1024  # largest HTTP request body (decompressed), where settable
+# Flags only some Triton releases have, each passed when `tritonserver --help` names it (~0.1 s at
+# start), so one pod template serves the CPU image's 2.51 (which has neither) and NVIDIA's images:
+#  --http-max-input-size: 2.59 (25.07) onward; --allow-client-shm: 2.68 (26.04) onward, false by default.
+OPTIONAL_ARGS: Final = (
+    ("--http-max-input-size", f"--http-max-input-size={HTTP_MAX_INPUT_BYTES}"),
+    ("--allow-client-shm", "--allow-client-shm=false"),
 )
+
+
+def _triton_script() -> str:
+    restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}=$key"
+    probes = "".join(f'case "$help" in *{flag}*) set -- "$@" {arg};; esac; ' for flag, arg in OPTIONAL_ARGS)
+    return ('key=$(cat /proc/sys/kernel/random/uuid); help=$(tritonserver --help 2>&1); ' + probes
+            + f'exec tritonserver "$@" --http-restricted-api="{restricted}" --grpc-restricted-protocol="{restricted}"')
+
+
+# The shell makes the key and adds the optional flags, then execs tritonserver with the args.
+TRITON_COMMAND: Final = ("/bin/sh", "-c", _triton_script(), "tritonserver")
 
 
 def _loader_container(spec: ModelDeploymentSpec, images: Images, image: str) -> dict[str, Any]:
@@ -253,9 +277,37 @@ def _triton_container(spec: ModelDeploymentSpec, images: Images, image: str) -> 
     return container
 
 
-def _volumes(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+def max_download_bytes(spec: ModelDeploymentSpec, images: Images) -> int:
+    """The loader's download limit: the operator's, lowered (never raised) by spec.model.source.maxBytes."""
+    if spec.model.source.max_bytes is None:
+        return images.max_download_bytes
+    return min(spec.model.source.max_bytes, images.max_download_bytes)
+
+
+# What the loader may write to the model repository at once, for a download limit L: the download
+# (<= L), one derived copy (converted ONNX, or an unpacked archive, also <= L), the staged model
+# (<= L) and, when the init container runs again in the same pod, the model committed before (<= L);
+# plus 1 GiB of scratch (int8 calibration files, config). The kubelet evicts the pod past it.
+REPOSITORY_COPIES: Final = 4
+REPOSITORY_SCRATCH_BYTES: Final = 2**30
+
+
+def quantity(n: int) -> str:
+    """Bytes as a Kubernetes quantity: the largest binary suffix that divides them exactly."""
+    for suffix, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n % size == 0:
+            return f"{n // size}{suffix}"
+    return str(n)
+
+
+def repository_size_limit(download_limit: int) -> str:
+    """sizeLimit of the model-repository emptyDir (REPOSITORY_COPIES x limit + scratch)."""
+    return quantity(REPOSITORY_COPIES * download_limit + REPOSITORY_SCRATCH_BYTES)
+
+
+def _volumes(spec: ModelDeploymentSpec, images: Images) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        {"name": VOLUME_REPOSITORY, "emptyDir": {}},
+        {"name": VOLUME_REPOSITORY, "emptyDir": {"sizeLimit": repository_size_limit(max_download_bytes(spec, images))}},
         {"name": VOLUME_TMP, "emptyDir": {"sizeLimit": "1Gi"}},
         # Triton's python backend passes tensors through /dev/shm; the runtime's default is 64 MiB.
         {"name": VOLUME_SHM, "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
@@ -275,7 +327,7 @@ def _pod_spec(md_name: str, spec: ModelDeploymentSpec, images: Images) -> dict[s
         "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + TRITON_EXIT_TIMEOUT_S + 5,
         "initContainers": [_loader_container(spec, images, loader_image)],
         "containers": [_triton_container(spec, images, serving_image)],
-        "volumes": _volumes(spec),
+        "volumes": _volumes(spec, images),
         "topologySpreadConstraints": [
             {
                 "maxSkew": 1,
