@@ -292,16 +292,17 @@ def test_zero_canary_requests_never_pass_even_with_min_requests_zero() -> None:
     assert state.phase == Phase.ROLLED_BACK and state.cause == canary.Reason.PROGRESS_DEADLINE
 
 
-def test_validation_traffic_in_tritons_p99_window_never_fails_the_first_step() -> None:
-    """The validation Job's batched requests sit in Triton's 60 s p99 window: the first minute of
-    step 1 is judged on means, later windows on p99s again."""
+def test_a_step_younger_than_tritons_p99_window_is_judged_on_means() -> None:
+    """Triton's p99 covers the last 48-60 s: a fresh step's window still holds the pods' cold first
+    requests (and after validation the Job's batches); after the window, p99s again."""
     st = dataclasses.replace(canary.start("new", "old", VALIDATED, 0.0), phase=Phase.PROGRESSING, step_started_at=100.0,
                              last_analysis_at=100.0, validation={"verdict": "Passed", "message": "ok"})
-    slow_p99 = Counters(100, 0, 100 * 10_000, p99_us=400_000)  # validation's batches: a high p99
+    slow_p99 = Counters(100, 0, 100 * 10_000, p99_us=400_000)  # cold starts or validation batches
     stable = Counters(1000, 0, 1000 * 10_000, p99_us=20_000)
-    canary_w, _ = canary._windows(st, slow_p99, stable, 130.0)
-    assert canary_w.p99_us is None  # 30 s after the step began: means
+    canary_w, stable_w = canary._windows(st, slow_p99, stable, 130.0)
+    assert canary_w.p99_us is None and stable_w.p99_us is None  # 30 s into the step: means
     canary_w, _ = canary._windows(st, slow_p99, stable, 170.0)
     assert canary_w.p99_us == 400_000  # past the window: p99 again
     unvalidated = dataclasses.replace(st, validation=None)
-    assert canary._windows(unvalidated, slow_p99, stable, 130.0)[0].p99_us == 400_000
+    assert canary._windows(unvalidated, slow_p99, stable, 130.0)[0].p99_us is None
+    assert canary._windows(unvalidated, slow_p99, stable, 160.0)[0].p99_us == 400_000

@@ -318,12 +318,17 @@ def _progressing(state: CanaryState, rollout: RolloutSpec, obs: Observation, now
 
 
 def _windows(st: CanaryState, canary_now: Counters, stable_now: Counters, now: float) -> tuple[Counters, Counters]:
-    """The traffic since the last analysis, canary and stable. Triton's p99 covers its own sliding
-    window (up to P99_WINDOW_S), not ours: right after validation that window still holds the
-    validation Job's batched requests, so the first minute of step 1 is judged on means."""
+    """The traffic since the last analysis, canary and stable.
+
+    Triton's p99 covers its own sliding window (up to P99_WINDOW_S), not ours: until a step has run
+    that long, the canary's window still holds what came before it (its pods' first, cold
+    requests; the validation Job's batches), and a few dozen requests make a p99 that is their
+    maximum. Measured on the real node: a good version's canary showed a p99 1.42x the stable's in
+    its first seconds and was rolled back. So a step younger than the window is judged on means.
+    """
     canary_w, stable_w = canary_now.minus(st.last_canary), stable_now.minus(st.last_stable)
-    fresh = st.step_started_at is not None and now - st.step_started_at < P99_WINDOW_S
-    if st.validation is not None and st.step == 0 and fresh:
+    settled = st.step_started_at is not None and now - st.step_started_at >= P99_WINDOW_S
+    if not settled:
         canary_w, stable_w = dataclasses.replace(canary_w, p99_us=None), dataclasses.replace(stable_w, p99_us=None)
     return canary_w, stable_w
 
