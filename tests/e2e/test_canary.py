@@ -77,8 +77,11 @@ def _upload_bad(stack: dict[str, Any], key: str, fail_every: int, delay: float) 
 
 
 def _kill_operator(tc: ClusterHandle) -> None:
-    tc.kubectl("delete", "pod", "-n", op.SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=modeldeploy",
-               "--grace-period=0", "--force", "--wait=false")
+    """Force-delete the operator's pod (the chart labels it app.kubernetes.io/name=modeldeploy-operator);
+    a selector matching nothing would let the test pass without a kill, so the deletion is checked."""
+    out = tc.kubectl("delete", "pod", "-n", op.SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=modeldeploy-operator",
+                     "--grace-period=0", "--force", "--wait=false").stdout
+    assert "deleted" in out, f"no operator pod was deleted: {out!r}"
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,7 @@ MUST_RUN: dict[str, str] = {
     "tests/e2e/test_canary.py": "the real node, MinIO and Triton",
     "tests/e2e/test_autoscaling.py": "the real node, MinIO and Triton",
     "tests/e2e/test_torchscript.py": "the real node, MinIO, Triton and the converter image",
+    "tests/e2e/test_secrets_never_leak.py": "the real node, MinIO (with its STS) and Triton",
 }
 
 SUMMARY_ENV = "MD_CI_GUARD_SUMMARY"
