@@ -14,7 +14,7 @@ import pytest
 from localcluster import cluster as lc
 from localcluster import images, oci, realnode
 from tests.conftest import ARTIFACTS
-from tests.support.cluster import ClusterHandle, wait_for
+from tests.support.cluster import ClusterHandle, restricted_pod, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -50,27 +50,11 @@ def restricted_ns(real_cluster: ClusterHandle) -> Iterator[str]:
     real_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def _restricted_pod(name: str, image: str) -> dict:
-    return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "server", "image": image, "imagePullPolicy": "Never",
-                "ports": [{"containerPort": 8080}],
-                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-            }],
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def web(real_cluster: ClusterHandle, restricted_ns: str, server_image: str) -> dict:
     """A restricted pod running the test server, behind a ClusterIP Service."""
     began = time.monotonic()
-    real_cluster.apply([_restricted_pod("web", server_image),
+    real_cluster.apply([restricted_pod("web", server_image),
                         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
                          "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}],
                        namespace=restricted_ns)
@@ -115,7 +99,7 @@ def test_restricted_pod_runs_as_uid_1000(real_cluster: ClusterHandle, restricted
     logs = real_cluster.kubectl("logs", "-n", restricted_ns, "web").stdout
     assert "listening on :8080 as uid 1000" in logs
     # Pod Security is really enforced in that namespace: a root pod is refused.
-    bad = _restricted_pod("root", IMAGE)
+    bad = restricted_pod("root", IMAGE)
     bad["spec"]["securityContext"] = {"runAsUser": 0}
     refused = real_cluster.apply(bad, namespace=restricted_ns, check=False)
     assert refused.returncode != 0

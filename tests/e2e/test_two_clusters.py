@@ -19,7 +19,7 @@ from localcluster import cluster as lc
 from localcluster import controlplane, hostnet, images, netplan, oci, realnode
 from localcluster.config import ClusterConfig
 from tests.conftest import ARTIFACTS
-from tests.support.cluster import ClusterHandle, start_real_node, wait_for
+from tests.support.cluster import ClusterHandle, restricted_pod, start_real_node, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -84,22 +84,6 @@ def _cfg(h: ClusterHandle) -> ClusterConfig:
     return h.local
 
 
-def _pod(name: str) -> dict:
-    return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "server", "image": IMAGE, "imagePullPolicy": "Never",
-                "ports": [{"containerPort": 8080}],
-                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-            }],
-        },
-    }
-
-
 def _http_get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.read().decode()
@@ -121,7 +105,7 @@ def webs(pair: list[ClusterHandle], tmp_path_factory: pytest.TempPathFactory) ->
     for h in pair:
         name = f"web-{_cfg(h).name[-1]}"
         lc.load_image(_cfg(h), archive)
-        h.apply([_pod(name), {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+        h.apply([restricted_pod(name, IMAGE), {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
                               "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}}],
                 namespace="default")
         out.append({"name": name})

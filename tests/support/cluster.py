@@ -103,3 +103,20 @@ def start_real_node(name: str = "pytest-e2e", service_cidr: str | None = E2E_SER
     cfg = ClusterConfig(name=name, fake_nodes=0, real_node=True, service_cidr=service_cidr)
     localcluster.up(cfg)
     return ClusterHandle(cfg.kubeconfig, cfg)
+
+
+def restricted_pod(name: str, image: str) -> dict:
+    """A pod of the test image meeting Pod Security "restricted", serving /healthz on 8080."""
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "server", "image": image, "imagePullPolicy": "Never",
+                "ports": [{"containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    }
