@@ -54,6 +54,9 @@ class Store:
             time.sleep(0.2)
 
     def _request_once(self, method: str, path: str, body: bytes) -> int:
+        return self._send(method, path, body)[0]
+
+    def _send(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         host = self.endpoint.removeprefix("http://")
         creds = sigv4.Credentials(self.access_key, self.secret_key)
         headers = sigv4.sign(method, host, path, {}, {}, creds, REGION, datetime.now(UTC),
@@ -62,10 +65,17 @@ class Store:
         req = urllib.request.Request(self.endpoint + path, data=body or None, headers=headers, method=method)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
-                resp.read()
-                return int(resp.status)
+                return int(resp.status), resp.read()
         except urllib.error.HTTPError as e:
-            return int(e.code)
+            return int(e.code), b""
+
+    def get(self, uri: str) -> bytes:
+        """The object's bytes (what a test compares with what pods serve)."""
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        code, data = self._send("GET", f"/{bucket}/{sigv4.uri_encode(key, keep_slash=True)}")
+        if code != 200:
+            raise RuntimeError(f"reading {uri}: HTTP {code}")
+        return data
 
     def ensure_bucket(self, bucket: str) -> None:
         code = self._request("PUT", f"/{bucket}")

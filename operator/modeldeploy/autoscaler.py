@@ -18,7 +18,8 @@ from .autoscale.rates import pod_value
 from .autoscale.recommender import Memory, Recommendation, Sample, recommend
 from .config import Settings
 from .kube import events
-from .kube.client import Kube, NotFound
+from .kube.cache import Reader, WatchCache
+from .kube.client import Conflict, Kube, NotFound
 from .metrics.parse import TritonMetrics
 from .metrics.source import MetricsSource, source_from_settings
 from .planning.observe import pod_ready, pod_unschedulable
@@ -53,6 +54,8 @@ class Autoscaler:
     def __init__(self, kube: Kube, settings: Settings) -> None:
         self.kube = kube
         self.settings = settings
+        self.reader: Reader = kube  # the watch-fed cache in the operator (operator_main)
+        self.cache: WatchCache | None = None
         self._last: dict[tuple[str, str, str], tuple[float, TritonMetrics]] = {}  # (ns, md, pod) -> scrape
         self._samples: dict[tuple[str, str], list[Sample]] = {}
         self.metrics: MetricsSource = source_from_settings(settings)
@@ -82,7 +85,7 @@ class Autoscaler:
         st = (md.get("status") or {}).get("autoscaling") or {}
         current = st.get("desiredReplicas") if isinstance(st.get("desiredReplicas"), int) else spec.replicas
         current = max(auto.min_replicas, min(auto.max_replicas, current))
-        pods = self.kube.list("Pod", ns, {constants.LABEL_NAME: name})
+        pods = self.reader.list("Pod", ns, {constants.LABEL_NAME: name})
         ready = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods
                  if pod_ready(p) and p.get("status", {}).get("podIP")}
         unschedulable = sum(1 for p in pods if pod_unschedulable(p))
@@ -108,10 +111,13 @@ class Autoscaler:
         wanted = status_of(rec, auto)
         changed = {k: v for k, v in wanted.items() if k != "metricValue" and k != "reason" and st.get(k) != v}
         if rec.desired != current or changed.keys() - {"mode"}:
-            try:
-                self.kube.patch_status(constants.KIND, ns, name, {"autoscaling": wanted})
-            except NotFound:
-                return
+            try:  # the decision rests on this version's status: a newer one refuses it (409)
+                written = self.kube.patch_status(constants.KIND, ns, name, {"autoscaling": wanted},
+                                                 resource_version=meta.get("resourceVersion"))
+            except (NotFound, Conflict):
+                return  # gone, or changed since it was read: the next tick decides on the new version
+            if self.cache is not None and written:
+                self.cache.upsert(constants.KIND, written)
             if rec.desired != current:
                 events.post(self.kube, md, "Normal", "Scaled", rec.reason)
                 log.info("%s/%s: %s", ns, name, rec.reason)

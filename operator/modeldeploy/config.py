@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 METRICS_SOURCES = ("scrape", "prometheus")
+# The store the operator's build Jobs and serving pods use. A directory store (file:///, a PVC) works
+# with the artifact commands but the operator does not mount a claim into its pods yet.
+ARTIFACT_STORE_SCHEMES = ("s3://",)
 # Most bytes a model-loader fetches for one model (the loader's MD_MAX_DOWNLOAD_BYTES, which has
 # the same default); spec.model.source.maxBytes can only lower it. docs/loader-contract.md.
 DEFAULT_MAX_DOWNLOAD_BYTES = 10 * 2**30
@@ -40,7 +43,8 @@ class Settings:
     loader_image: str = "localhost/modeldeploy-triton-cpu:dev"
     converter_image: str = "localhost/modeldeploy-converter:dev"
     serving_backend: str = "python-onnx"  # python-onnx (CPU image) | onnxruntime (NVIDIA image)
-    resync_seconds: float = 10.0  # drift-healing / status timer
+    resync_seconds: float = 10.0  # timed passes for models not yet settled (startup timeouts, Degraded)
+    relist_seconds: float = 600.0  # the safety net: LIST everything into the cache, a pass for every model
     autoscale_seconds: float = 2.0  # how often serving pods are scraped for autoscaling
     metrics_port: int = 8080  # /metrics and /healthz
     log_format: str = "text"  # text | json
@@ -51,6 +55,19 @@ class Settings:
     prometheus_url: str = ""  # e.g. http://prometheus-operated.monitoring:9090; needed for metrics_source=prometheus
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES  # per model-loader run; sizes its emptyDir
     network_policy: str = ""  # the chart's networkPolicy values as JSON (MD_NETWORK_POLICY); "" = none built
+    leader_namespace: str = ""  # where the leader Lease lives; "" = no election (a single replica)
+    leader_lease: str = "modeldeploy-leader"
+    identity: str = ""  # this replica's name in the Lease (the pod name); "" = hostname and pid
+    lease_seconds: float = 12.0  # a leader silent this long is replaced
+    renew_seconds: float = 3.0  # how often the leader renews
+    # Built revisions (docs/artifacts.md): "" = off, every serving pod runs the whole loader (today's
+    # path); s3://BUCKET[/PREFIX] = one build Job per revision, serving pods only fetch.
+    artifact_store: str = ""
+    artifact_store_secret: str = ""  # a Secret of that name in each model namespace: the store's AWS_* keys
+    artifact_store_endpoint: str = ""  # the store's S3 endpoint, when the Secret does not hold AWS_ENDPOINT_URL
+    # The node cache agent (chart artifactCache.enabled): serving pods of a built revision fetch
+    # through it (MD_ARTIFACT_CACHE_URL of their fetch), falling back to the store. "" = the store only.
+    artifact_cache_url: str = ""
 
     def __post_init__(self) -> None:
         """Refuse a metrics source that cannot work at startup, not at the first autoscaling tick."""
@@ -64,6 +81,26 @@ class Settings:
             raise ValueError("MD_PROMETHEUS_URL must start with http:// or https://")  # the value may hold a password
         if self.max_download_bytes < 1:
             raise ValueError("MD_MAX_DOWNLOAD_BYTES must be at least 1 byte")
+        if self.leader_namespace and not 0 < self.renew_seconds < self.lease_seconds:
+            raise ValueError("MD_RENEW_SECONDS must be above 0 and below MD_LEASE_SECONDS")
+        if self.artifact_store and not self.artifact_store.startswith(ARTIFACT_STORE_SCHEMES):
+            raise ValueError(f"MD_ARTIFACT_STORE must start with {' or '.join(ARTIFACT_STORE_SCHEMES)} "
+                             f"(or be empty: no build Jobs), not {self.artifact_store!r}")
+        if self.artifact_store_endpoint and not self.artifact_store_endpoint.startswith(("http://", "https://")):
+            raise ValueError("MD_ARTIFACT_STORE_ENDPOINT must start with http:// or https://")
+        if self.artifact_cache_url and not self.artifact_cache_url.startswith(("http://", "https://")):
+            raise ValueError("MD_ARTIFACT_CACHE_URL must start with http:// or https:// (the node cache agent), "
+                             f"not {self.artifact_cache_url!r}")
+
+    @property
+    def artifacts_enabled(self) -> bool:
+        """Whether revisions are built once by a Job and served pods only fetch (docs/artifacts.md)."""
+        return bool(self.artifact_store)
+
+    @property
+    def artifact_cache_enabled(self) -> bool:
+        """Whether serving pods of a built revision fetch through the node cache agent."""
+        return self.artifacts_enabled and bool(self.artifact_cache_url)
 
     @property
     def cluster_wide(self) -> bool:
@@ -95,6 +132,16 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         max_download_bytes=parse_bytes("MD_MAX_DOWNLOAD_BYTES", e["MD_MAX_DOWNLOAD_BYTES"])
         if e.get("MD_MAX_DOWNLOAD_BYTES", "").strip() else d.max_download_bytes,
         network_policy=e.get("MD_NETWORK_POLICY", d.network_policy).strip(),
+        relist_seconds=float(e.get("MD_RELIST_SECONDS", d.relist_seconds)),
+        leader_namespace=e.get("MD_LEADER_ELECTION_NAMESPACE", d.leader_namespace).strip(),
+        leader_lease=e.get("MD_LEADER_LEASE", d.leader_lease).strip() or d.leader_lease,
+        identity=e.get("MD_IDENTITY", e.get("POD_NAME", d.identity)).strip(),
+        lease_seconds=float(e.get("MD_LEASE_SECONDS", d.lease_seconds)),
+        renew_seconds=float(e.get("MD_RENEW_SECONDS", d.renew_seconds)),
+        artifact_store=e.get("MD_ARTIFACT_STORE", d.artifact_store).strip(),
+        artifact_store_secret=e.get("MD_ARTIFACT_STORE_SECRET", d.artifact_store_secret).strip(),
+        artifact_store_endpoint=e.get("MD_ARTIFACT_STORE_ENDPOINT", d.artifact_store_endpoint).strip(),
+        artifact_cache_url=e.get("MD_ARTIFACT_CACHE_URL", d.artifact_cache_url).strip(),
     )
 
 

@@ -22,6 +22,9 @@ LABEL_APP_INSTANCE: Final = "app.kubernetes.io/instance"
 LABEL_APP_VERSION: Final = "app.kubernetes.io/version"
 LABEL_APP_COMPONENT: Final = "app.kubernetes.io/component"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+# On a build Job's pod only: the ModelDeployment it builds for (never LABEL_NAME, which Services and
+# the PDB select on), so that the `<name>-build` NetworkPolicy selects exactly its build pods.
+LABEL_BUILD_OF: Final = f"{GROUP}/build-of"
 MANAGED_BY: Final = "modeldeploy"
 
 # Annotations users set to steer a rollout by hand.
@@ -62,6 +65,7 @@ class Condition:
 ROLE_STABLE: Final = "stable"
 ROLE_CANARY: Final = "canary"
 COMPONENT_SERVER: Final = "inference-server"  # app.kubernetes.io/component
+COMPONENT_BUILD: Final = "model-build"  # app.kubernetes.io/component of a build Job and its pod
 
 # Serving pods: container names, volumes and paths shared by the builder, the loader and planning.
 CONTAINER_LOADER: Final = "model-loader"

@@ -13,17 +13,22 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import api, constants, telemetry
+from .builds import Builder
 from .config import Settings
 from .kube import events
-from .kube.client import Conflict, Forbidden, Kube, NotFound
+from .kube.cache import CachedReader, NotSynced, Reader, WatchCache
+from .kube.client import Conflict, Forbidden, Kube, NamespaceTerminating, NotFound
+from .kube.replay import ReplayReader
 from .metrics.source import MetricsSource, source_from_settings
+from .planning import build as build_plan
 from .planning import canary_plan, drift, observe, ownership, status, switch
 from .resources import Images, build_deployment, build_pdb, build_services, image_inputs, networkpolicy
+from .resources.deployment import ArtifactFetch
 from .resources.httproute import build_httproute
 from .rollout import canary
 from .rollout.analysis import Counters
@@ -45,6 +50,7 @@ class PassResult:
     writes: int = 0
     decisions: list[tuple[str, str]] = field(default_factory=list)  # (event reason, message)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (event reason, message), Warning events
+    created: list[str] = field(default_factory=list)  # "Kind name" of each child this pass created
     phase: str | None = None
 
 
@@ -95,14 +101,53 @@ class Reconciler:
     def __init__(self, kube: Kube, settings: Settings) -> None:
         self.kube = kube
         self.settings = settings
+        self.cache: WatchCache | None = None  # set by use_cache(): passes then read from the watches
+        self.reader: Reader = kube
+        self.is_leader: Callable[[], bool] = lambda: True  # only the leader replica writes
         self._guard = threading.Lock()
         self._state: dict[tuple[str, str], str] = {}  # key -> "running" | "pending"
         self._failures: dict[tuple[str, str], int] = {}  # consecutive failed passes, for the backoff
         self.retry_failed_passes = True
         self.metrics: MetricsSource = source_from_settings(settings)
         self.validator = Validator(kube, settings)
+        self.builder = Builder(kube, settings)
         self.network_policy = networkpolicy.parse(settings.network_policy)  # a bad value fails at start
+        if not settings.artifact_cache_enabled:  # no pod asks the agent: no way to it
+            self.network_policy = dataclasses.replace(self.network_policy, cache_agent=None)
         self._route_api: tuple[str, float] | None = None  # (installed | missing | forbidden, when checked)
+
+    def use_cache(self, cache: WatchCache) -> None:
+        """Read from the watch-fed cache (API reads only for kinds not yet listed and for a child
+        about to be created); the pass after a 409 reads from the API server."""
+        self.cache = cache
+        self.reader = CachedReader(cache, self.kube)
+
+    def _remember(self, kind: str, written: Mapping[str, Any] | None) -> None:
+        """What a write returned is the newest version: hold it, so the next pass does not start
+        from the version it replaced (and lose a 409 round on it)."""
+        if self.cache is not None and written and written.get("metadata"):
+            self.cache.upsert(kind, dict(written))
+
+    def known_models(self) -> list[dict[str, Any]]:
+        """Every ModelDeployment the operator knows, for the artifacts their status records: the
+        watch cache's (no API request); without one, what the reader lists cluster-wide."""
+        if self.cache is not None:
+            with contextlib.suppress(NotSynced):
+                return self.cache.list(constants.KIND, None)
+        try:
+            return self.reader.list(constants.KIND, None)
+        except Forbidden:  # RBAC for some namespaces only: a Job then decides, as before
+            return []
+
+    def _build_fenced(self, reader: Reader, md: Mapping[str, Any]) -> bool:
+        """Whether the build pods' NetworkPolicy is ours and in place (or policies are off). The pass
+        that finds it missing creates it with the other children; its watch event brings the next
+        pass, which starts the Job."""
+        if not self.network_policy.enabled:
+            return True
+        meta = md["metadata"]
+        policy = reader.get_or_none("NetworkPolicy", meta["namespace"], networkpolicy.build_policy_name(meta["name"]))
+        return policy is not None and ownership.controlled_by(policy, meta["uid"])
 
     def images(self) -> Images:
         return Images(serving=self.settings.serving_image, loader=self.settings.loader_image,
@@ -115,6 +160,8 @@ class Reconciler:
         """Run a pass for the object now, or once more after the running one; a pass that fails is
         retried here with backoff (kopf does not retry event handlers, and a decision must not wait
         for the next event or resync)."""
+        if not self.is_leader():
+            return  # a standby replica only keeps its cache warm
         key = (namespace, name)
         with self._guard:
             if key in self._state:
@@ -135,6 +182,9 @@ class Reconciler:
             with self._guard:
                 self._state.pop(key, None)
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
+            if isinstance(e, NamespaceTerminating):
+                log.debug("%s/%s: namespace is being deleted; no pass until something else changes", *key)
+                return
             if isinstance(e, Exception) and self.retry_failed_passes:
                 delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (failures - 1))
                 log.warning("%s/%s: pass failed (%s: %s); retrying in %.0fs", namespace, name,
@@ -150,10 +200,18 @@ class Reconciler:
 
     def _pass_with_retries(self, namespace: str, name: str) -> PassResult:
         """A pass that lost a race (409: status or an annotation changed since it read the object)
-        changed nothing; it runs again at once on fresh state, a few times."""
+        changed nothing; it runs again at once on fresh state, a few times. The first retry reads
+        everything from the API server; later ones re-read only the ModelDeployment and reuse
+        that retry's reads of its children and metrics (kube/replay.py says why), unless the
+        attempt before wrote something (a child applied before a 409 on a delete's precondition)."""
+        replay: ReplayReader | None = None
+        writes = self.kube.writes.of_this_thread()
         for attempt in range(CONFLICT_RETRIES):
+            wrote, writes = self.kube.writes.of_this_thread() != writes, self.kube.writes.of_this_thread()
+            if attempt == 1 or (replay is not None and wrote):
+                replay = ReplayReader(self.kube)  # an attempt that wrote something made its reads old
             try:
-                return self._timed_pass(namespace, name)
+                return self._timed_pass(namespace, name, replay=replay)
             except Conflict:
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
@@ -161,32 +219,40 @@ class Reconciler:
                 time.sleep(0.01 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _timed_pass(self, namespace: str, name: str) -> PassResult:
+    def _timed_pass(self, namespace: str, name: str, replay: ReplayReader | None = None) -> PassResult:
         began = time.perf_counter()
-        before = sum(self.kube.writes.by_verb.values())
+        before = self.kube.writes.of_this_thread()
         try:
-            result = self.reconcile(namespace, name)
+            result = self.reconcile(namespace, name, replay=replay)
         except Exception as e:
             telemetry.RECONCILES.labels(result="error").inc()
             telemetry.ERRORS.labels(type=type(e).__name__).inc()
             raise
         finally:
             telemetry.RECONCILE_SECONDS.observe(time.perf_counter() - began)
-        result.writes = sum(self.kube.writes.by_verb.values()) - before
+        result.writes = self.kube.writes.of_this_thread() - before
         telemetry.RECONCILES.labels(result="changed" if result.writes else "unchanged").inc()
         telemetry.record_phase(namespace, name, result.phase)
         return result
 
     # --- the pass ----------------------------------------------------------------------------
-    def reconcile(self, namespace: str, name: str) -> PassResult:
+    def reconcile(self, namespace: str, name: str, replay: ReplayReader | None = None) -> PassResult:
         """Decide, record the decision in status (with a precondition), then act on it.
 
         Status is written before any child changes: a pass that loses a race (409) has changed
         nothing and is retried on fresh state, and a recorded decision (a rollback, a step) is never
-        undone by a later pass that did not see it.
+        undone by a later pass that did not see it. `replay` (the retries after a 409, whose cause may
+        be a cache behind the cluster): the ModelDeployment is read from the API server, everything
+        else through `replay`, which reads the API server once per pass.
         """
         result = PassResult()
-        md = self.kube.get_or_none(constants.KIND, namespace, name)
+        if not self.is_leader():
+            return result  # a standby replica keeps its cache warm and writes nothing
+        fresh = replay is not None
+        reader: Reader = replay if replay is not None else self.reader
+        md = (self.kube if fresh else self.reader).get_or_none(constants.KIND, namespace, name)
+        if fresh and md is not None:
+            self._remember(constants.KIND, md)  # later passes must not start from an older version
         if md is None or md["metadata"].get("deletionTimestamp"):
             return result  # children go with it through their ownerReferences
         meta = md["metadata"]
@@ -204,24 +270,34 @@ class Reconciler:
 
         current = api.revision_hash(spec, images=image_inputs(spec, self.images()))
         selector = {constants.LABEL_NAME: name}
-        deployments = [d for d in self.kube.list("Deployment", namespace, selector)
+        deployments = [d for d in reader.list("Deployment", namespace, selector)
                        if ownership.controlled_by(d, meta["uid"])]
-        pods = self.kube.list("Pod", namespace, selector)
+        pods = reader.list("Pod", namespace, selector)
         observed = observe.summarise(deployments, pods, now)
         desired_replicas = self.desired_replicas(spec, previous)
+        stable = previous.get("stableRevision")
+        build = (self.builder.observe(md, spec, current, previous, self.images(), now, pods=pods,
+                                      models=self.known_models, fenced=lambda: self._build_fenced(reader, md))
+                 if self.builder.enabled else None)
+        planned = current
+        if build is not None and not build.ready and not build.failed and stable and stable != current \
+                and stable in observed:
+            planned = stable  # the stable revision serves on, untouched, while the new one builds: no rollout yet
         switch_input = switch.SwitchInput(
             desired_replicas=desired_replicas, gpus_per_pod=spec.serving.gpus, strategy=spec.rollout.strategy,
-            current=current, stable=previous.get("stableRevision"), failed=previous.get("failedRevision"),
+            current=planned, stable=stable, failed=previous.get("failedRevision"),
             startup_timeout_seconds=spec.serving.startup_timeout_seconds,
-            served=status.served_revisions(previous, observed))
-        cplan = self._plan(md, spec, switch_input, observed, pods)
+            served=status.served_revisions(previous, observed), build_failure=build.failure if build else "")
+        cplan = self._plan(md, spec, switch_input, observed, pods, replay)
         plan = cplan.plan
+        if build is not None and build.new_result:
+            (result.warnings if build.warning else result.decisions).append((build.reason, build.message))
 
-        children = self._children(md, spec, current, plan, cplan)
+        children = self._children(md, spec, current, plan, cplan, build)
         route, route_note = self._route(md, spec, cplan, observed)
         if route is not None:
             children.append(route)
-        live = {ownership.key(obj): self.kube.get_or_none(obj["kind"], namespace, obj["metadata"]["name"])
+        live = {ownership.key(obj): reader.get_or_none(obj["kind"], namespace, obj["metadata"]["name"])
                 for obj in children}
         conflicts = ownership.conflicts(children, live, meta["uid"])
 
@@ -230,12 +306,17 @@ class Reconciler:
             name=name, namespace=namespace, model_name=spec.model.name, generation=generation, current=current,
             desired_replicas=desired_replicas, plan=plan, observed=observed, previous=previous,
             now=_rfc3339(now), canary=cplan.state, canary_weight=weight,
-            conflicts=tuple(conflicts.values()), notes=(route_note,) if route_note else ()))
+            conflicts=tuple(conflicts.values()), notes=(route_note,) if route_note else (),
+            build=build, model_version=spec.model.version))
         told = set(previous.get("warnings") or ())
         desired_status["canary"] = canary.to_status(cplan.state, cplan.decision) if cplan.state else None
         result.phase = desired_status["phase"]
         # Conflict: nothing changed yet, the pass is retried on fresh state.
-        version = self._write_status(md, previous, desired_status) or meta.get("resourceVersion", "")
+        written = self._write_status(md, previous, desired_status)
+        version = written or meta.get("resourceVersion", "")
+        if written is None and not fresh and self._children_change(children, live, conflicts, current, plan,
+                                                                    observed):
+            self._confirm_current(md)  # Conflict: the cache was behind; nothing written, retried fresh
 
         for obj in children:
             k = ownership.key(obj)
@@ -244,6 +325,8 @@ class Reconciler:
                     result.warnings.append((status.Reason.OWNERSHIP_CONFLICT, conflicts[k]))
                 continue
             self._apply_child(obj, live[k], spec, current, result)
+        if result.created:  # one Event for the Services, PDB and policies a pass created, not one each
+            result.decisions.append(("Created", "created " + ", ".join(result.created)))
         self._scale_older(md, current, plan, observed, result)
         for rev in plan.retire:
             state = observed[rev]
@@ -271,8 +354,9 @@ class Reconciler:
     # --- canary ------------------------------------------------------------------------------
     def _plan(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, switch_input: switch.SwitchInput,
               observed: Mapping[str, observe.RevisionState],
-              pods: list[dict[str, Any]]) -> canary_plan.CanaryPlan:
-        """The switch's or the canary's plan; reads the pods' metrics only when an analysis needs them."""
+              pods: list[dict[str, Any]], replay: ReplayReader | None = None) -> canary_plan.CanaryPlan:
+        """The switch's or the canary's plan; reads the pods' metrics only when an analysis needs them
+        (once per pass: a retry after a 409 reuses them)."""
         previous = md.get("status") or {}
         state = canary.from_status(previous.get("canary"))
         now = time.time()
@@ -281,12 +365,14 @@ class Reconciler:
         if canary_plan.canary_applies(switch_input, observed):
             live = state if state is not None and state.revision == switch_input.current else None
             if live is None or canary_plan.needs_metrics(live, spec.rollout, now):
-                model = spec.model.name
-                inp = dataclasses.replace(
-                    inp, canary_counters=revision_counters(self.metrics, pods, switch_input.current, model,
-                                                           md["metadata"]["namespace"]),
-                    stable_counters=revision_counters(self.metrics, pods, switch_input.stable or "", model,
-                                                      md["metadata"]["namespace"]))
+                model, namespace = spec.model.name, md["metadata"]["namespace"]
+
+                def counters(revision: str) -> Counters | None:
+                    def read() -> Counters | None:
+                        return revision_counters(self.metrics, pods, revision, model, namespace)
+                    return replay.once(("counters", revision), read) if replay is not None else read()
+                inp = dataclasses.replace(inp, canary_counters=counters(switch_input.current),
+                                          stable_counters=counters(switch_input.stable or ""))
             if spec.rollout.validation is not None and live is not None and live.phase == canary.Phase.VALIDATING:
                 inp = dataclasses.replace(inp, validation=self.validator.result(md, spec, live.revision))
         cplan = canary_plan.plan(inp, observed)
@@ -319,29 +405,60 @@ class Reconciler:
         return spec.replicas
 
     def _children(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, current: str,
-                  plan: switch.SwitchPlan, cplan: canary_plan.CanaryPlan) -> list[dict[str, Any]]:
+                  plan: switch.SwitchPlan, cplan: canary_plan.CanaryPlan,
+                  build: build_plan.BuildState | None = None) -> list[dict[str, Any]]:
         """Every child this pass wants as a whole object: the current revision's Deployment (when the
-        plan runs it), the Services and the PodDisruptionBudget."""
+        plan runs it and, with an artifact store, once its artifact is recorded), the Services,
+        the PodDisruptionBudget and, when configured, the NetworkPolicies (with an artifact store,
+        also `<name>-build` for the build Jobs' pods)."""
         meta = md["metadata"]
         out: list[dict[str, Any]] = []
-        if current in plan.replicas:
+        artifact = None
+        if build is not None and build.artifact is not None:
+            artifact = ArtifactFetch(key=str(build.artifact["key"]), store=self.builder.store(),
+                                     cache_url=self.settings.artifact_cache_url)
+        if current in plan.replicas and (build is None or artifact is not None):
             out.append(build_deployment(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
                                         spec=spec, revision=current, replicas=plan.replicas[current],
-                                        images=self.images(), role="stable" if current == plan.stable else "canary"))
+                                        images=self.images(), role="stable" if current == plan.stable else "canary",
+                                        artifact=artifact))
         out += build_services(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
                               stable_revision=plan.stable or current, canary_revision=current,
                               main_revision=cplan.main_service_revision)
         out.append(build_pdb(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
                              replicas=spec.replicas))
         out += networkpolicy.build_network_policies(meta["name"], meta["namespace"], meta["uid"], current,
-                                                    self.network_policy)
+                                                    self.network_policy, builds=self.builder.enabled)
         return out
+
+    @staticmethod
+    def _children_change(children: list[dict[str, Any]], live: Mapping[tuple[str, str], Any],
+                         conflicts: Mapping[tuple[str, str], str], current: str, plan: switch.SwitchPlan,
+                         observed: Mapping[str, observe.RevisionState]) -> bool:
+        """Whether the pass is about to write any child (apply, scale or delete)."""
+        if plan.retire:
+            return True
+        if any(rev != current and rev in observed and observed[rev].spec_replicas != n
+               for rev, n in plan.replicas.items()):
+            return True
+        return any(ownership.key(o) not in conflicts and drift.needs_apply(o, live[ownership.key(o)])
+                   for o in children)
+
+    def _confirm_current(self, md: Mapping[str, Any]) -> None:
+        """An empty status patch with the pass's resourceVersion as precondition: the API server
+        refuses it (409) when the ModelDeployment changed since the cache delivered it, and changes
+        nothing when it did not. So no child is ever written from a ModelDeployment that is not the
+        newest, even when status had nothing to record. Costs one request, only when a child is
+        about to change."""
+        meta = md["metadata"]
+        self.kube.patch_status(constants.KIND, meta["namespace"], meta["name"], {},
+                               resource_version=meta.get("resourceVersion"))
 
     def _apply_child(self, desired: dict[str, Any], live: Mapping[str, Any] | None, spec: api.ModelDeploymentSpec,
                      current: str, result: PassResult) -> None:
         if not drift.needs_apply(desired, live):
             return
-        self.kube.apply(desired)
+        self._remember(desired["kind"], self.kube.apply(desired))
         kind, obj_name = desired["kind"], desired["metadata"]["name"]
         if kind == "Deployment":
             verb, reason = ("created", switch.Reason.CREATED) if live is None else ("updated", switch.Reason.UPDATED)
@@ -351,7 +468,7 @@ class Reconciler:
             weights = [b.get("weight") for r in desired["spec"].get("rules", []) for b in r.get("backendRefs", [])]
             result.decisions.append(("RouteUpdated", f"HTTPRoute {obj_name}: backend weights {weights}"))
         elif live is None:
-            result.decisions.append(("Created", f"created {kind} {obj_name}"))
+            result.created.append(f"{kind} {obj_name}")
 
     def _scale_older(self, md: Mapping[str, Any], current: str, plan: switch.SwitchPlan,
                      observed: Mapping[str, observe.RevisionState], result: PassResult) -> None:
@@ -410,4 +527,5 @@ class Reconciler:
                                              resource_version=meta.get("resourceVersion"))
         except NotFound:
             return None
+        self._remember(constants.KIND, written)
         return str((written or {}).get("metadata", {}).get("resourceVersion") or meta.get("resourceVersion", ""))

@@ -30,6 +30,13 @@ CANARY_VERDICTS = Counter("modeldeploy_canary_analyses_total", "Canary analyses 
                           ["verdict"], registry=REGISTRY)
 CANARY_OUTCOMES = Counter("modeldeploy_canary_outcomes_total", "Finished canaries by outcome (Promoted, RolledBack)",
                           ["outcome"], registry=REGISTRY)
+IS_LEADER = Gauge("modeldeploy_leader", "1 on the replica that holds the leader Lease (or runs alone), else 0",
+                  registry=REGISTRY)
+CACHE_OBJECTS = Gauge("modeldeploy_cache_objects", "Objects held in the watch-fed cache, by kind", ["kind"],
+                      registry=REGISTRY)
+RELISTS = Counter("modeldeploy_cache_relists_total", "Full LISTs of every cached kind into the cache (start and "
+                  "the periodic safety net)", registry=REGISTRY)
+QUEUE_DEPTH = Gauge("modeldeploy_work_queue_depth", "ModelDeployments queued or in a pass", registry=REGISTRY)
 
 _phases: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""The fast tick (every `autoscale_seconds`, 2 s by default): one LIST of ModelDeployments, then
+"""The fast tick (every `autoscale_seconds`, 2 s by default): the cached ModelDeployments, then
 an autoscaling decision for each autoscaled one and a reconcile pass for each live canary.
 
 Canaries need passes between events: an analysis is due every interval and a step ends after its
@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import constants
 from .autoscaler import Autoscaler
 from .config import Settings
-from .kube.client import Kube
-from .reconciler import Reconciler
 from .rollout.canary import LIVE, Phase
 
 log = logging.getLogger(__name__)
@@ -30,32 +26,25 @@ def canary_live(md: Mapping[str, Any]) -> bool:
     return phase in LIVE or phase == Phase.PAUSED
 
 
-def list_all(kube: Kube, settings: Settings) -> list[dict[str, Any]]:
-    namespaces: list[str | None] = list(settings.namespaces) or [None]
-    return [md for ns in namespaces for md in kube.list(constants.KIND, ns)]
-
-
-def start(kube: Kube, reconciler: Reconciler, settings: Settings) -> threading.Event:
-    scaler = Autoscaler(kube, settings)
+def start(scaler: Autoscaler, models: Callable[[], list[dict[str, Any]]],
+          enqueue: Callable[[str, str], None], is_leader: Callable[[], bool],
+          settings: Settings) -> threading.Event:
+    """Every tick: `models()` (the cache's ModelDeployments, no API read), a queued pass for each
+    live canary, and the autoscaler's decisions; on the leader only."""
     stop = threading.Event()
-    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="canary")
-
-    def one(namespace: str, name: str) -> None:
-        try:
-            reconciler.request(namespace, name)
-        except Exception as e:  # the next tick retries
-            log.warning("canary pass for %s/%s failed: %s", namespace, name, e)
 
     def loop() -> None:
         while not stop.wait(settings.autoscale_seconds):
+            if not is_leader():
+                continue
             try:
-                mds = list_all(kube, settings)
+                mds = models()
             except Exception as e:
-                log.warning("tick: cannot list ModelDeployments: %s", e)
+                log.warning("tick: cannot read ModelDeployments: %s", e)
                 continue
             for md in mds:
                 if canary_live(md):
-                    pool.submit(one, md["metadata"]["namespace"], md["metadata"]["name"])
+                    enqueue(md["metadata"]["namespace"], md["metadata"]["name"])
             try:
                 scaler.tick(mds)
             except Exception as e:

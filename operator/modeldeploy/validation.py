@@ -11,7 +11,6 @@ Finished Jobs go away by ttlSecondsAfterFinished, and with their ModelDeployment
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -20,6 +19,7 @@ from . import api
 from .config import Settings
 from .kube import events
 from .kube.client import Conflict, Kube, NotFound
+from .planning.termination import last_json_object
 from .resources.deployment import Images
 from .resources.validation_job import ANNOTATION_FINGERPRINT, CONTAINER, build_validation_job, fingerprint, job_name
 
@@ -64,17 +64,7 @@ def _waiting_reason(pods: Iterable[Mapping[str, Any]]) -> str:
 
 def parse_result(message: str) -> dict[str, Any] | None:
     """The validate CLI's JSON line: the last line of the termination message that parses as one."""
-    for line in reversed((message or "").strip().splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and isinstance(data.get("passed"), bool):
-            return data
-    return None
+    return last_json_object(message, "passed", bool)
 
 
 def _short(text: str) -> str:

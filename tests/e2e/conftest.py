@@ -23,6 +23,24 @@ def stack(request: pytest.FixtureRequest, real_cluster: ClusterHandle) -> Iterat
     real_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
+@pytest.fixture(autouse=True)
+def operator_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a failed e2e test, print each operator pod's last log lines: CI keeps only pytest's
+    report, and the operator's decisions are what explain a rollout that did not finish."""
+    yield
+    failed = any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
+    if "real_cluster" not in request.fixturenames or not failed:
+        return
+    from tests.support.operator import SYSTEM_NAMESPACE
+
+    tc: ClusterHandle = request.getfixturevalue("real_cluster")
+    pods = tc.kubectl("get", "pods", "-n", SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=modeldeploy-operator",
+                      "-o", "name", check=False).stdout.split()
+    for pod in pods:
+        out = tc.kubectl("logs", pod, "-n", SYSTEM_NAMESPACE, "--tail=150", check=False)
+        print(f"----- {pod} (last 150 lines) -----\n{out.stdout}{out.stderr}")
+
+
 def service_answers(url: str) -> bool:
     """Whether Triton behind `url` (a Service's ClusterIP:port) answers that the digits model is
     ready: status Ready comes before kube-proxy has programmed the Service."""

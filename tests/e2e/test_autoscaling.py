@@ -1,5 +1,6 @@
-"""Autoscaling on real Triton metrics: load through the Service adds pods within seconds, and
-they go again after the delay once the load stops, with no failed request while they drain."""
+"""Autoscaling on real Triton metrics: load through the Service adds pods within seconds (the
+leading operator replica killed in the burst), and they go again after the delay once the load
+stops, with no failed request while they drain."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import service_answers
+from tests.support import operator as op
 from tests.support.cluster import ClusterHandle, wait_for
 from tests.support.load import Load
 from tests.support.specs import autoscaled_digits
@@ -38,10 +40,13 @@ def test_scales_up_on_load_and_down_after_the_delay(real_cluster: ClusterHandle,
         wait_for(lambda: (_md(real_cluster)["status"].get("autoscaling") or {}).get("desiredReplicas", 1) >= 2, 30,
                  interval=0.5, message="a scale-up decision")
         decided = time.monotonic() - began
+        # The leader dies in the burst: the standby takes over and carries the scale-up on.
+        _, _, failover = op.kill_leader(real_cluster)
         wait_for(lambda: _md(real_cluster)["status"].get("readyReplicas") == 3, 180, interval=1,
                  message="three pods serving")
     assert heavy.ok > 100 and heavy.failed == [], heavy.failed[:3]
     assert decided <= 10, f"first scale-up decision took {decided:.1f}s"
+    assert failover <= 15, f"the standby took {failover:.1f}s to lead"
 
     with Load(url, senders=1, pause=0.25) as light:
         wait_for(lambda: (_md(real_cluster)["status"].get("autoscaling") or {}).get("desiredReplicas") == 1, 120,

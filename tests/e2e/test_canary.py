@@ -76,14 +76,6 @@ def _upload_bad(stack: dict[str, Any], key: str, fail_every: int, delay: float) 
     return uri
 
 
-def _kill_operator(tc: ClusterHandle) -> None:
-    """Force-delete the operator's pod (the chart labels it app.kubernetes.io/name=modeldeploy-operator);
-    a selector matching nothing would let the test pass without a kill, so the deletion is checked."""
-    out = tc.kubectl("delete", "pod", "-n", op.SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=modeldeploy-operator",
-                     "--grace-period=0", "--force", "--wait=false").stdout
-    assert "deleted" in out, f"no operator pod was deleted: {out!r}"
-
-
 @pytest.fixture(scope="module")
 def serving(real_cluster: ClusterHandle, stack: dict[str, Any]) -> str:
     """Version 1 serving on three pods; the Service's address."""
@@ -100,6 +92,7 @@ def test_good_version_is_promoted_through_every_step_despite_operator_kills(
         real_cluster: ClusterHandle, serving: str) -> None:
     before = _md(real_cluster)["status"]["stableRevision"]
     seen_steps: list[int] = []
+    failovers: list[float] = []
     max_deployments = 0
     with Load(serving, senders=3, pause=0.02) as load:
         time.sleep(2)
@@ -111,7 +104,8 @@ def test_good_version_is_promoted_through_every_step_despite_operator_kills(
             max_deployments = max(max_deployments, len(_deployments(real_cluster)))
             if can.get("phase") == "Progressing" and can.get("stepStartedAt") and can.get("step") not in seen_steps:
                 seen_steps.append(can["step"])
-                _kill_operator(real_cluster)  # at every step: the new operator must continue, not restart
+                # At every step the leader dies: the standby must continue, not restart the canary.
+                failovers.append(op.kill_leader(real_cluster)[2])
             if st.get("stableRevision") != before and st.get("phase") == "Ready":
                 break
             time.sleep(0.5)
@@ -120,6 +114,7 @@ def test_good_version_is_promoted_through_every_step_despite_operator_kills(
     st = _md(real_cluster)["status"]
     assert st["canary"]["phase"] == "Promoted" and st["canary"]["revision"] == st["stableRevision"]
     assert seen_steps == [0, 1, 2]
+    assert len(failovers) == 3 and max(failovers) <= 15, failovers
     assert max_deployments <= 2, "never more than the stable and the canary Deployment"
     reached = _events(real_cluster, "CanaryStepReached")
     # Each step reached exactly once (none lost or repeated), with 1, 2 and 3 of 4 pods on the canary.

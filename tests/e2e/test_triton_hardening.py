@@ -249,9 +249,11 @@ def test_the_controller_enforces_the_metrics_port_and_the_egress(served: Served)
     assert seen[metrics][0] == 0, seen
     assert seen[api][0] in (200, 401, 403), seen
     # The operator's namespace reads the metrics (what the operator scrapes).
-    (operator,) = served.tc.kubectl_json("get", "pods", "-n", op.SYSTEM_NAMESPACE, "-l",
-                                         "app.kubernetes.io/name=modeldeploy-operator")["items"]
-    wait_for(lambda: served.controller.knows(operator["status"]["podIP"]), 60, message="operator pod known")
+    operators = served.tc.kubectl_json("get", "pods", "-n", op.SYSTEM_NAMESPACE, "-l",
+                                       "app.kubernetes.io/name=modeldeploy-operator")["items"]
+    assert len(operators) == 2, [p["metadata"]["name"] for p in operators]  # the leader and the standby
+    wait_for(lambda: all(served.controller.knows(p["status"]["podIP"]) for p in operators), 60,
+             message="operator pods known")
     seen = _probe(served.tc, op.SYSTEM_NAMESPACE, "deploy/modeldeploy", "operator", [metrics])
     assert seen[metrics][0] == 200 and seen[metrics][1].startswith("#"), seen
     # The serving pod: the model store yes; the API server, on the store's own address, no.

@@ -51,9 +51,33 @@ def test_chart_crd_is_the_one_in_crds_dir() -> None:
     assert "annotations" not in unkept["metadata"]
 
 
-def test_operator_pod_is_restricted_and_single() -> None:
-    (dep,) = _by_kind(_render(), "Deployment")
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+def test_operator_is_restricted_and_highly_available_by_default() -> None:
+    docs = _render()
+    (dep,) = _by_kind(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["MD_LEADER_ELECTION_NAMESPACE"] == "modeldeploy-system"
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    lease = env["MD_LEADER_LEASE"]
+    anti = dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == \
+        "kubernetes.io/hostname"
+    (pdb,) = _by_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    (role,) = [r for r in _by_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader")]
+    assert role["metadata"]["namespace"] == "modeldeploy-system"
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert named == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease],
+                      "verbs": ["get", "list", "watch", "update"]}]
+    # One replica without election is allowed; two writers without a leader are refused.
+    (single,) = _by_kind(_render("replicaCount=1", "leaderElection.enabled=false"), "Deployment")
+    assert single["spec"]["replicas"] == 1
+    assert not _by_kind(_render("replicaCount=1", "leaderElection.enabled=false"), "PodDisruptionBudget")
+    refused = _helm("template", "md", str(CHART), "--kube-version", "1.35.4", "--set", "leaderElection.enabled=false",
+                    check=False)
+    assert refused.returncode != 0 and "replicaCount > 1 needs leaderElection.enabled" in refused.stderr
     pod = dep["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
@@ -75,11 +99,11 @@ def test_rbac_is_minimal() -> None:
 
 def test_watch_namespaces_gives_roles_not_cluster_roles() -> None:
     docs = _render("watchNamespaces={ml,team-b}")
-    roles = _by_kind(docs, "Role")
+    roles = [r for r in _by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "team-b"]
     assert [r["metadata"]["name"] for r in _by_kind(docs, "ClusterRole")] == ["md-modeldeploy-discovery"]
     (dep,) = _by_kind(docs, "Deployment")
-    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MD_WATCH_NAMESPACES"] == "ml,team-b"
 
 

@@ -163,11 +163,14 @@ def test_argocd_syncs_and_stays_synced_through_a_canary(cluster: ClusterHandle, 
     # 2. The operator keeps reconciling (resync every second, autoscaler every second) and writes
     # status when a pod goes away and comes back; Argo CD, comparing every few seconds, never sees
     # a difference from Git.
-    # Deleting its Deployment takes every pod away (a kwok pod replaced by its ReplicaSet can be Ready
-    # again before any pass sees it gone): the operator recreates the Deployment and reports 0/4
-    # then 4/4 ready in status, which Argo CD must not count as drift.
+    # Deleting its Deployment in the foreground takes every pod away before the Deployment goes (a
+    # kwok pod replaced by its ReplicaSet can be Ready again before any pass sees it gone, and with a
+    # background deletion the operator recreates the Deployment fast enough that the new ReplicaSet
+    # adopts the old, still Ready pods: status never changes): the operator recreates the
+    # Deployment and reports 0/4 then 4/4 ready in status, which Argo CD must not count as drift.
     dep = cluster.kubectl_json("get", "deployments", "-n", namespace, "-l", "modeldeploy.io/name=digits")["items"][0]
-    cluster.kubectl("delete", "deployment", dep["metadata"]["name"], "-n", namespace, "--wait=false")
+    cluster.kubectl("delete", "deployment", dep["metadata"]["name"], "-n", namespace, "--cascade=foreground",
+                    "--wait=false")
     versions: dict[str, set[str]] = {"digits": set(), "scaled": set()}
     comparisons: set[str] = set()
     end = time.monotonic() + 20

@@ -59,6 +59,14 @@ MUST_RUN: dict[str, str] = {
     "tests/e2e/test_autoscaling.py": "the real node, MinIO and Triton",
     "tests/e2e/test_torchscript.py": "the real node, MinIO, Triton and the converter image",
     "tests/e2e/test_secrets_never_leak.py": "the real node, MinIO (with its STS) and Triton",
+    "tests/integration/test_artifact_store.py": "MinIO",
+    "tests/integration/test_cacheagent.py": "MinIO",
+    "tests/unit/test_cacheagent_chart.py": "helm",
+    "tests/e2e/test_built_revisions.py": "the real node, MinIO, Triton and the chart's artifact store",
+    "tests/e2e/test_node_cache.py": "the real node, MinIO, Triton and the chart's node cache agent",
+    "tests/unit/test_node_cache_wiring.py": "helm",
+    "tests/integration/test_leader_election.py": "the API server, the chart's Lease Role",
+    "tests/integration/test_stale_cache.py": "the API server's resourceVersion preconditions",
 }
 
 SUMMARY_ENV = "MD_CI_GUARD_SUMMARY"

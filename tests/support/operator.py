@@ -149,3 +149,34 @@ def wait_until_gone(proc: OperatorProcess, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while proc.proc and proc.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+LEASE = f"{RELEASE}-leader"
+
+
+def leader(tc: ClusterHandle) -> str:
+    """The operator pod that holds the leader Lease ('' when nobody does)."""
+    out = tc.kubectl("get", "lease", LEASE, "-n", SYSTEM_NAMESPACE, "-o", "json", check=False)
+    if out.returncode != 0:
+        assert "NotFound" in out.stderr, out.stderr
+        return ""
+    return str(json.loads(out.stdout)["spec"].get("holderIdentity") or "")
+
+
+def kill_leader(tc: ClusterHandle, timeout: float = 15) -> tuple[str, str, float]:
+    """Force-delete the leading operator pod (no clean shutdown, so no Lease release) and wait for
+    another replica to take the Lease; (old leader, new leader, seconds from kill to takeover).
+
+    A kill that found no leader, or a takeover slower than `timeout`, fails the calling test."""
+    old = leader(tc)
+    assert old, "no operator replica holds the leader Lease"
+    pods = {p["metadata"]["name"] for p in tc.kubectl_json(
+        "get", "pods", "-n", SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=modeldeploy-operator")["items"]}
+    assert old in pods, f"the Lease names {old}, not one of the operator pods {sorted(pods)}"
+    began = time.monotonic()
+    out = tc.kubectl("delete", "pod", old, "-n", SYSTEM_NAMESPACE, "--grace-period=0", "--force",
+                     "--wait=false").stdout
+    assert "deleted" in out, f"the leader {old} was not deleted: {out!r}"
+    wait_for(lambda: leader(tc) not in ("", old), timeout, interval=0.2,
+             message=f"another operator replica leading within {timeout:.0f}s of killing {old}")
+    return old, leader(tc), time.monotonic() - began

@@ -9,18 +9,23 @@ from typing import Any
 
 import pytest
 
+from modeldeploy import api
 from modeldeploy import constants as c
 from modeldeploy.kube.client import KINDS
-from modeldeploy.resources import labels
+from modeldeploy.resources import Images, build_deployment, build_pdb, build_services, labels
+from modeldeploy.resources.artifact_store import ArtifactStoreRef
+from modeldeploy.resources.build_job import build_build_job
 from modeldeploy.resources.networkpolicy import (
     ENV,
     LABEL_JOB_NAME,
+    CacheAgentEgress,
     NetworkPolicySettings,
     StoreEgress,
     build_network_policies,
     parse,
 )
-from modeldeploy.resources.validation_job import job_name
+from modeldeploy.resources.validation_job import build_validation_job, job_name
+from tests.integration.invalid_specs import BASE_SPEC, apply_patch
 from tests.support import chart
 
 UID = "0b6c4b0e-6a8e-4e8e-9d56-3f1c8f1b2a10"
@@ -103,8 +108,101 @@ def test_validation_policy_selects_the_revisions_job_pod_and_lets_it_reach_only_
 
 
 def test_no_empty_list_is_sent_so_a_pass_at_rest_sees_no_drift() -> None:
-    for policy in _build(NetworkPolicySettings(enabled=True)):
+    for policy in build_network_policies("digits", "ml", UID, "r", NetworkPolicySettings(enabled=True), builds=True):
         assert _no_empty_lists(policy) == [], policy
+
+
+# ---------------------------------------------------------------- the build Jobs' pods: `<name>-build`
+
+IMAGES = Images(serving="registry.local/triton:1", loader="registry.local/loader:1",
+                converter="registry.local/converter:1", serving_backend="python-onnx")
+STORE = ArtifactStoreRef(uri="s3://artifacts/team-a", secret="artifact-store")
+SPEC = api.parse_spec(apply_patch(BASE_SPEC, {"rollout": {"validation": {
+    "datasetUri": "s3://m/v.npz", "minAccuracy": 0.9}}}), name="digits")
+
+
+def _selects(obj: dict[str, Any], pod_labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicy, a PDB or a Service selects a pod with these labels."""
+    if obj["kind"] == "Service":
+        wanted = obj["spec"]["selector"]  # a plain map
+    else:
+        selector = obj["spec"]["podSelector" if obj["kind"] == "NetworkPolicy" else "selector"]
+        assert set(selector) == {"matchLabels"}, selector  # matchExpressions would need more than this
+        wanted = selector["matchLabels"]
+    assert wanted, obj  # an empty selector selects every pod
+    return all(pod_labels.get(k) == v for k, v in wanted.items())
+
+
+def _job_pod_labels(job: dict[str, Any]) -> dict[str, str]:
+    """A Job's pod as the Job controller labels it: the template's labels plus the job-name ones."""
+    name = job["metadata"]["name"]
+    return {**job["spec"]["template"]["metadata"]["labels"], LABEL_JOB_NAME: name, "job-name": name}
+
+
+def _build_pod(md_name: str = "digits", revision: str = "abc123defg") -> dict[str, str]:
+    return _job_pod_labels(build_build_job(md_name, "ml", UID, SPEC, revision, IMAGES, STORE))
+
+
+def _policies(settings: NetworkPolicySettings = SETTINGS) -> tuple[dict[str, Any], ...]:
+    serving, validation, build = build_network_policies("digits", "ml", UID, "abc123defg", settings, builds=True)
+    return serving, validation, build
+
+
+def test_build_policy_is_named_owned_and_labelled_like_the_others() -> None:
+    serving, _, build = _policies()
+    assert build["apiVersion"] == "networking.k8s.io/v1" and build["kind"] == "NetworkPolicy"
+    assert build["metadata"]["name"] == "digits-build" and build["metadata"]["namespace"] == "ml"
+    assert build["metadata"]["ownerReferences"] == serving["metadata"]["ownerReferences"]
+    assert build["metadata"]["labels"] == serving["metadata"]["labels"]
+
+
+def test_build_policy_selects_the_build_job_pods_of_every_revision_and_nothing_else() -> None:
+    _, _, build = _policies()
+    assert build["spec"]["podSelector"] == {"matchLabels": {
+        c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_APP_COMPONENT: "model-build", c.LABEL_BUILD_OF: "digits"}}
+    for revision in ("abc123defg", "zzz9876543"):  # any revision's build Job, not only the current one
+        assert _selects(build, _build_pod(revision=revision))
+    serving_pod = build_deployment(md_name="digits", namespace="ml", owner_uid=UID, spec=SPEC, revision="abc123defg",
+                                   replicas=1, images=IMAGES, role="stable")["spec"]["template"]["metadata"]["labels"]
+    validation_pod = _job_pod_labels(build_validation_job("digits", "ml", UID, SPEC, "abc123defg", "zzz9876543",
+                                                          IMAGES))
+    for other in (serving_pod, validation_pod, _build_pod("digits2"), _build_pod("digit")):
+        assert not _selects(build, other), other
+
+
+def test_nothing_else_the_operator_builds_selects_a_build_pod() -> None:
+    """NetworkPolicies add up: a build pod selected by the serving or validation policy would get
+    their egress too; a Service or the PDB selecting it would send it traffic or count it."""
+    pod = _build_pod()
+    serving, validation, _ = _policies()
+    services = build_services("digits", "ml", UID, stable_revision="abc123defg", canary_revision="zzz9876543")
+    for obj in (serving, validation, build_pdb("digits", "ml", UID, 3), *services):
+        assert not _selects(obj, pod), obj["metadata"]["name"]
+
+
+def test_build_pod_gets_no_ingress_and_egress_only_to_dns_and_the_model_store() -> None:
+    with_agent = NetworkPolicySettings(**{**SETTINGS.__dict__,
+                                          "cache_agent": CacheAgentEgress({"app": "agent"}, 8090)})
+    serving, validation, build = _policies(with_agent)
+    assert build["spec"]["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in build["spec"]
+    assert build["spec"]["egress"] == [
+        {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}],
+         "ports": [{"port": 443, "protocol": "TCP"}]},
+        {"to": [{"ipBlock": {"cidr": "10.244.3.253/32"}}]},
+    ]
+    # what the others may reach and the build pod may not: the node cache agent, the serving pods
+    assert serving["spec"]["egress"][-1] not in build["spec"]["egress"]
+    assert validation["spec"]["egress"][-1] not in build["spec"]["egress"]
+    assert not any("podSelector" in peer or "namespaceSelector" in peer
+                   for rule in build["spec"]["egress"] for peer in rule.get("to", []))
+
+
+def test_no_build_policy_without_an_artifact_store_or_with_policies_off() -> None:
+    names = [p["metadata"]["name"] for p in build_network_policies("digits", "ml", UID, "r", SETTINGS)]
+    assert names == ["digits", "digits-validation"]
+    assert build_network_policies("digits", "ml", UID, "r", parse(""), builds=True) == []
+    assert build_network_policies("digits", "ml", UID, "r", NetworkPolicySettings(enabled=False), builds=True) == []
 
 
 @pytest.mark.parametrize(("doc", "message"), [

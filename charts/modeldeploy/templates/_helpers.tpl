@@ -72,10 +72,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.gpuServing .Values.gpuServing.enabled }}onnxruntime{{ else }}{{ .Values.servingBackend }}{{ end -}}
 {{- end -}}
 
+{{/* Non-empty when serving pods of built revisions fetch through the node cache agent: the agent
+     runs (artifactCache.enabled) and the operator builds revisions (artifacts.store). */}}
+{{- define "modeldeploy.cacheAgentOn" -}}
+{{- if and (.Values.artifactCache).enabled (.Values.artifacts).store }}true{{ end -}}
+{{- end -}}
+
 {{/* MD_NETWORK_POLICY: the networkPolicy values and the operator's namespace, as one JSON document
      (operator/modeldeploy/resources/networkpolicy.py parses it). */}}
 {{- define "modeldeploy.networkPolicy" -}}
 {{- $np := deepCopy (default dict .Values.networkPolicy) -}}
 {{- $_ := set $np "operatorNamespace" .Release.Namespace -}}
+{{- if include "modeldeploy.cacheAgentOn" . -}}
+{{- $labels := dict "app.kubernetes.io/name" "modeldeploy-cache-agent" "app.kubernetes.io/instance" .Release.Name -}}
+{{- $_ := set $np "cacheAgent" (dict "podLabels" $labels "port" (int .Values.artifactCache.port)) -}}
+{{- end -}}
 {{- toJson $np -}}
 {{- end -}}

@@ -33,9 +33,10 @@ class Redactor:
         self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], uris: Iterable[str] = ()) -> Redactor:
-        """Secrets of this run: credential variables and anything secret inside the URIs."""
-        secrets = [env.get(k, "") for k in SECRET_ENV]
+    def from_env(cls, env: Mapping[str, str], uris: Iterable[str] = (), extra_env: Iterable[str] = ()) -> Redactor:
+        """Secrets of this run: credential variables (SECRET_ENV and `extra_env`, e.g. an artifact
+        store's own credentials) and anything secret inside the URIs."""
+        secrets = [env.get(k, "") for k in (*SECRET_ENV, *extra_env)]
         for uri in uris:
             parts = urllib.parse.urlsplit(uri)
             secrets += [parts.password or "", parts.username or ""]

@@ -48,7 +48,7 @@ class CanaryPlan:
 def canary_applies(inp: switch.SwitchInput, observed: Mapping[str, RevisionState]) -> bool:
     """A canary runs when a stable revision serves and the spec asks for another, not yet failed, one."""
     return (inp.strategy == "Canary" and inp.stable is not None and inp.stable != inp.current
-            and inp.stable in observed and inp.failed != inp.current)
+            and inp.stable in observed and inp.failed != inp.current and not inp.build_failure)
 
 
 def needs_metrics(state: CanaryState | None, rollout: RolloutSpec, now: float) -> bool:

@@ -22,6 +22,9 @@ LOADER_CONTAINER = constants.CONTAINER_LOADER
 SERVING_CONTAINER = constants.CONTAINER_SERVING
 # Exit code of a loader failure worth retrying (sysexits.h EX_TEMPFAIL; loader/errors.py).
 LOADER_TRANSIENT_EXIT = 75
+# Exits of `python -m modeldeploy.artifact fetch` (a built revision's init container) that are not
+# the revision's fault (docs/artifacts.md): the kubelet retries the init container.
+ARTIFACT_FETCH_TROUBLE = {65: "ArtifactCorrupt", 66: "ArtifactNotBuilt", 77: "ArtifactStoreRefused"}
 # A serving container that crashed this often without its pod ever being Ready is not going to start.
 CRASH_LOOP_LIMIT = 5
 _PULL_WAITING = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull"}
@@ -103,6 +106,8 @@ def _loader_exit(name: str, term: Mapping[str, Any], restarts: int) -> PodTroubl
                           reason="OOMKilled")
     if code == LOADER_TRANSIENT_EXIT:
         return PodTrouble(trouble=f"{name}: {detail} (retrying)", reason="FetchRetrying")
+    if code in ARTIFACT_FETCH_TROUBLE:
+        return PodTrouble(trouble=f"{name}: {detail} (retrying)", reason=ARTIFACT_FETCH_TROUBLE[code])
     if code in (137, 143) and not _last_line(term):
         return PodTrouble(trouble=f"{name}: killed (exit code {code}); retrying", reason="ContainerKilled")
     return PodTrouble(failure=f"{name}: {detail}", reason="LoadFailed")

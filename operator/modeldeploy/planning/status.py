@@ -13,7 +13,10 @@ from typing import Any
 from ..constants import Condition, Phase
 from ..rollout.canary import LIVE, CanaryState
 from ..rollout.canary import Phase as CanaryPhase
+from . import build as build_state
+from .build import BuildState
 from .observe import RevisionState
+from .rebuild import FIELD as REBUILDS
 from .switch import SwitchPlan
 
 
@@ -68,6 +71,8 @@ class StatusInput:
     canary_weight: float = 0.0
     conflicts: tuple[str, ...] = ()  # children whose names are taken by objects the operator did not create
     notes: tuple[str, ...] = ()  # other things a user must fix (an optional API missing or forbidden)
+    build: BuildState | None = None  # the current revision's build, when revisions are built (artifact store)
+    model_version: str = ""  # spec.model.version: the current revision's entry before its Deployment exists
 
 
 def served_revisions(previous: Mapping[str, Any], observed: Mapping[str, RevisionState]) -> frozenset[str]:
@@ -127,6 +132,10 @@ def compute(inp: StatusInput) -> dict[str, Any]:
     rolled_back = (can is not None and can.phase in (CanaryPhase.ROLLED_BACK, CanaryPhase.ROLLING_BACK)
                    and can.cause != Reason.LOAD_FAILED)
     failed_reason = can.cause if rolled_back and can is not None and can.cause else Reason.LOAD_FAILED
+    build = inp.build
+    if failed_now and build is not None and build.failed:
+        failed_reason = build_state.Reason.BUILD_FAILED
+    building = build is not None and not build.ready and not build.failed
 
     if failed_now:
         loaded = _condition(Condition.MODEL_LOADED, False, failed_reason,
@@ -134,6 +143,8 @@ def compute(inp: StatusInput) -> dict[str, Any]:
     elif cur is not None and cur.ready > 0:
         loaded = _condition(Condition.MODEL_LOADED, True, Reason.MODEL_LOADED,
                             f"revision {inp.current}: {cur.ready} pod(s) serving", inp.generation)
+    elif building and build is not None:
+        loaded = _condition(Condition.MODEL_LOADED, None, build.reason, build.message, inp.generation)
     elif cur is not None and cur.trouble:
         loaded = _condition(Condition.MODEL_LOADED, None, cur.trouble_reason,
                             f"revision {inp.current}: {cur.trouble}", inp.generation)
@@ -147,6 +158,8 @@ def compute(inp: StatusInput) -> dict[str, Any]:
         ready_c = _condition(Condition.READY, True, Reason.SERVING, f"{ready}/{r} replicas ready", inp.generation)
     else:
         why = f": {troubled.trouble}" if troubled else (f": {failed_message}" if failed_message else "")
+        if not why and building and build is not None:
+            why = f": {build.message}"
         ready_c = _condition(Condition.READY, False, Reason.NO_READY_REPLICAS, f"0/{r} replicas ready{why}",
                              inp.generation)
 
@@ -211,6 +224,8 @@ def compute(inp: StatusInput) -> dict[str, Any]:
          "modelVersion": s.model_version, **({"served": True} if s.revision in served else {})}
         for s in sorted(obs.values(), key=lambda s: s.revision) if s.revision not in plan.retire
     ]
+    if build is not None:
+        revisions = _with_builds(revisions, inp, build)
     svc = f"{inp.name}.{inp.namespace}.svc"
     message = failed_message or (degraded["message"] if degraded["status"] == "True" else "")
     status: dict[str, Any] = {
@@ -228,9 +243,42 @@ def compute(inp: StatusInput) -> dict[str, Any]:
         "message": message,
         "warnings": [*inp.conflicts, *inp.notes] or None,
     }
-    status["conditions"] = merge_conditions(inp.previous.get("conditions", []),
-                                            [ready_c, loaded, progressing, degraded], inp.now)
+    conds = [ready_c, loaded, progressing, degraded]
+    if build is not None:
+        conds.append(_condition(build_state.CONDITION, build.condition_status(), build.reason, build.message,
+                                inp.generation))
+    status["conditions"] = merge_conditions(inp.previous.get("conditions", []), conds, inp.now)
     return status
+
+
+def _with_builds(revisions: list[dict[str, Any]], inp: StatusInput, build: BuildState) -> list[dict[str, Any]]:
+    """status.revisions[] with each revision's build: artifacts recorded earlier are kept (the Job
+    that made them may be gone), the current revision's is set, and the current revision is listed
+    before its Deployment exists (while it builds, or when its build failed)."""
+    before = {r.get("revision"): r for r in inp.previous.get("revisions") or ()}
+    out = []
+    for entry in revisions:
+        old = before.get(entry["revision"]) or {}
+        if entry["revision"] == inp.current:
+            entry = _build_fields(entry, build)
+        else:
+            entry = {**entry, **{k: old[k] for k in ("artifact", REBUILDS) if k in old}}
+        out.append(entry)
+    if not any(e["revision"] == inp.current for e in out):
+        entry = {"name": f"{inp.name}-{inp.current}", "revision": inp.current, "replicas": 0, "readyReplicas": 0,
+                 "modelVersion": inp.model_version}
+        out = sorted([*out, _build_fields(entry, build)], key=lambda e: e["revision"])
+    return out
+
+
+def _build_fields(entry: dict[str, Any], build: BuildState) -> dict[str, Any]:
+    if build.rebuilds:
+        entry = {**entry, REBUILDS: build.rebuilds}
+    if build.artifact is not None:
+        return {**entry, "artifact": dict(build.artifact)}
+    if build.failed:
+        return {**entry, "buildFailure": build.failure}
+    return entry
 
 
 def status_patch(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

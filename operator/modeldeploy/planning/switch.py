@@ -35,6 +35,7 @@ class SwitchInput:
     failed: str | None  # revision recorded in status as unable to load
     startup_timeout_seconds: float
     served: frozenset[str] = frozenset()  # revisions that have had a Ready pod (status.revisions[].served)
+    build_failure: str = ""  # the current revision's build failed for good (planning/build.py): it never runs
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ def plan(inp: SwitchInput, observed: Mapping[str, RevisionState]) -> SwitchPlan:
 
     # First revision, or the recorded stable one is gone: serve the current spec directly.
     if inp.stable is None or inp.stable == inp.current or inp.stable not in observed:
-        failure = revision_failure(cur_state, inp.startup_timeout_seconds, inp.current in inp.served)
+        failure = inp.build_failure or revision_failure(cur_state, inp.startup_timeout_seconds,
+                                                        inp.current in inp.served)
         promoted = inp.stable != inp.current
         decisions = ((Reason.PROMOTED, f"revision {inp.current} is now the stable revision"),) \
             if promoted and inp.stable else ()
@@ -88,7 +90,7 @@ def plan(inp: SwitchInput, observed: Mapping[str, RevisionState]) -> SwitchPlan:
     decisions: list[tuple[str, str]] = [(Reason.RETIRED, f"retiring intermediate revision {o}") for o in others]
 
     # A revision already known to fail stays stopped until the spec changes again.
-    failure = revision_failure(cur_state, inp.startup_timeout_seconds, inp.current in inp.served)
+    failure = inp.build_failure or revision_failure(cur_state, inp.startup_timeout_seconds, inp.current in inp.served)
     if inp.failed == inp.current or failure or inp.strategy != "Recreate":
         if failure and inp.failed != inp.current:
             decisions.append((Reason.FAILED, f"revision {inp.current} failed to load ({failure}); "

@@ -19,6 +19,7 @@ from .. import constants as c
 from ..api import ModelDeploymentSpec
 from ..config import DEFAULT_MAX_DOWNLOAD_BYTES
 from . import labels
+from .artifact_store import ArtifactStoreRef, store_env
 
 # Keys of spec.model.source.credentialsSecret handed to the loader (each optional in the Secret).
 CREDENTIAL_KEYS: Final = (
@@ -246,6 +247,64 @@ def _loader_container(spec: ModelDeploymentSpec, images: Images, image: str) -> 
     return container
 
 
+FETCH_COMMAND: Final = ("python", "-m", "modeldeploy.artifact", "fetch")
+CACHE_URL_ENV: Final = "MD_ARTIFACT_CACHE_URL"  # modeldeploy.artifact.options.CACHE_ENV (the CLI's contract)
+
+
+@dataclass(frozen=True)
+class ArtifactFetch:
+    """A built revision's artifact: serving pods fetch it by key instead of running the loader.
+
+    `cache_url`: the node cache agent (the chart's artifactCache), tried first for every file; the
+    fetch verifies what it sends like a store download and falls back to the store on any failure.
+    """
+
+    key: str
+    store: ArtifactStoreRef
+    cache_url: str = ""
+
+
+def fetch_image(spec: ModelDeploymentSpec, images: Images) -> str:
+    """The fetch needs no torch: the loader image (or spec.serving.loaderImage), never the converter."""
+    return spec.serving.loader_image or images.loader
+
+
+def fetch_env(spec: ModelDeploymentSpec, images: Images, store: ArtifactStoreRef,
+              cache_url: str = "") -> list[dict[str, Any]]:
+    """The fetch's inputs (docs/artifacts.md): the store by reference, the node cache agent when
+    there is one, the model name, the repository. No source credentials: a serving pod never sees
+    the model's credentialsSecret."""
+    cache = [{"name": CACHE_URL_ENV, "value": cache_url}] if cache_url else []
+    return [
+        *store_env(store),
+        *cache,
+        {"name": "MD_MODEL_NAME", "value": spec.model.name},
+        {"name": "MD_REPOSITORY", "value": c.MODEL_REPOSITORY_PATH},
+        {"name": "MD_MAX_DOWNLOAD_BYTES", "value": str(max_download_bytes(spec, images))},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "TMPDIR", "value": "/tmp"},
+    ]
+
+
+def _fetch_container(spec: ModelDeploymentSpec, images: Images, artifact: ArtifactFetch) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": c.CONTAINER_LOADER,
+        "image": fetch_image(spec, images),
+        "imagePullPolicy": images.pull_policy,
+        "command": [*FETCH_COMMAND, "--key", artifact.key],
+        "env": fetch_env(spec, images, artifact.store, artifact.cache_url),
+        "volumeMounts": [
+            {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH},
+            {"name": VOLUME_TMP, "mountPath": "/tmp"},
+        ],
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if resources := container_resources(spec, with_gpus=False):
+        container["resources"] = resources
+    return container
+
+
 def _triton_container(spec: ModelDeploymentSpec, images: Images, image: str) -> dict[str, Any]:
     startup_failures = max(1, math.ceil(spec.serving.startup_timeout_seconds / STARTUP_PROBE_PERIOD_S))
     container: dict[str, Any] = {
@@ -305,29 +364,31 @@ def repository_size_limit(download_limit: int) -> str:
     return quantity(REPOSITORY_COPIES * download_limit + REPOSITORY_SCRATCH_BYTES)
 
 
-def _volumes(spec: ModelDeploymentSpec, images: Images) -> list[dict[str, Any]]:
+def _volumes(spec: ModelDeploymentSpec, images: Images, *, source: bool = True) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": VOLUME_REPOSITORY, "emptyDir": {"sizeLimit": repository_size_limit(max_download_bytes(spec, images))}},
         {"name": VOLUME_TMP, "emptyDir": {"sizeLimit": "1Gi"}},
         # Triton's python backend passes tensors through /dev/shm; the runtime's default is 64 MiB.
         {"name": VOLUME_SHM, "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
     ]
-    if claim := spec.model.source.pvc_claim:
+    if source and (claim := spec.model.source.pvc_claim):
         volumes.append({"name": VOLUME_SOURCE, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
     return volumes
 
 
-def _pod_spec(md_name: str, spec: ModelDeploymentSpec, images: Images) -> dict[str, Any]:
+def _pod_spec(md_name: str, spec: ModelDeploymentSpec, images: Images,
+              artifact: ArtifactFetch | None = None) -> dict[str, Any]:
     serving = spec.serving
     serving_image, loader_image = pod_images(spec, images)
+    init = _fetch_container(spec, images, artifact) if artifact else _loader_container(spec, images, loader_image)
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # neither container talks to the Kubernetes API
         "enableServiceLinks": False,
         "securityContext": _pod_security(),
         "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + TRITON_EXIT_TIMEOUT_S + 5,
-        "initContainers": [_loader_container(spec, images, loader_image)],
+        "initContainers": [init],
         "containers": [_triton_container(spec, images, serving_image)],
-        "volumes": _volumes(spec, images),
+        "volumes": _volumes(spec, images, source=artifact is None),
         "topologySpreadConstraints": [
             {
                 "maxSkew": 1,
@@ -362,11 +423,13 @@ def build_deployment(
     replicas: int,
     images: Images,
     role: str,
+    artifact: ArtifactFetch | None = None,
 ) -> dict[str, Any]:
     """apps/v1 Deployment `<name>-<revision>` with `replicas` pods; `role` is stable or canary.
 
     The role goes on the Deployment's labels only: the pod template of a revision never changes
-    when it is promoted, so promotion restarts nothing.
+    when it is promoted, so promotion restarts nothing. With `artifact` (a built revision), the
+    init container only fetches and verifies the artifact; without it, it runs the whole loader.
     """
     pod_labels = labels.pod_labels(md_name, revision, spec.model.version)
     meta_labels = {**pod_labels, c.LABEL_ROLE: role}
@@ -387,7 +450,7 @@ def build_deployment(
                     "labels": dict(sorted(pod_labels.items())),
                     "annotations": {"kubectl.kubernetes.io/default-container": c.CONTAINER_SERVING},
                 },
-                "spec": _pod_spec(md_name, spec, images),
+                "spec": _pod_spec(md_name, spec, images, artifact),
             },
         },
     }

@@ -57,6 +57,18 @@ def pod_labels(md_name: str, revision: str, model_version: str) -> dict[str, str
     }
 
 
+def build_pod_labels(md_name: str) -> dict[str, str]:
+    """A build Job's pod template labels, for every revision: no name or revision label (Services and
+    the PDB select serving pods by the name label, and a build pod must never receive traffic or
+    count as a serving pod), but the build-of label, which the `<name>-build` NetworkPolicy selects
+    on together with the component (no other pod carries both)."""
+    return {
+        c.LABEL_MANAGED_BY: c.MANAGED_BY,
+        c.LABEL_APP_COMPONENT: c.COMPONENT_BUILD,
+        c.LABEL_BUILD_OF: md_name,
+    }
+
+
 def owner_reference(md_name: str, owner_uid: str) -> dict[str, Any]:
     """Controller reference to the ModelDeployment: deletion cascades, and adoption is unambiguous."""
     return {

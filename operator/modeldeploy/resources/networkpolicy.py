@@ -1,6 +1,6 @@
 """The NetworkPolicies of a ModelDeployment: who may reach its pods, and what they may reach (pure).
 
-Two policies per ModelDeployment, in its namespace, owned by it like every other child:
+Two policies per ModelDeployment (three with built revisions), in its namespace, owned by it like every other child:
 
 `<name>` selects every serving pod (all revisions; the loader init container and Triton share the
 pod's network, and a NetworkPolicy applies to a pod, never to one of its containers):
@@ -11,11 +11,24 @@ pod's network, and a NetworkPolicy applies to a pod, never to one of its contain
 - egress: DNS (port 53) and the model store (`modelStore`: address blocks and ports). The loader
   needs the store; Triton needs nothing, but shares the pod's egress: the store's credentials are
   in the loader's environment only, so Triton can reach the store's address without a key to it.
+  With the node cache agent on (the chart's `artifactCache`, `cacheAgent` in the settings), also
+  the agent's pods in the operator's namespace on the agent's port: a built revision's fetch asks
+  its node's agent first. A policy applies to the connection after the Service's address is
+  translated, so the rule names the agent's pods and container port, not its Service.
 
 `<name>-validation` selects the canary validation Job's pod of the current revision (by the
 `batch.kubernetes.io/job-name` label the Job controller sets: the pod has no name label, so that
 Services and the PDB never count it): no ingress; egress to DNS, the model store (the dataset) and
 the model's own serving pods on 8000.
+
+`<name>-build`, only with an artifact store (built revisions: docs/artifacts.md), selects the build
+Job pods of every revision of this ModelDeployment (by the labels labels.build_pod_labels puts on
+them: the `model-build` component and `modeldeploy.io/build-of: <name>`; no name label, so
+Services, the PDB and the other two policies never select them). The most fenced pod: it holds the
+artifact store's credentials and runs the conversion of a user-supplied model. No ingress; egress
+to DNS and the model store only (the source model and the artifact store are both reached through
+`modelStore`): not the node cache agent, not the serving pods, not the API server (unless the
+`modelStore` blocks include its address).
 
 The settings are the chart's `networkPolicy` values, handed to the operator as one JSON document
 in MD_NETWORK_POLICY (config.Settings.network_policy, parsed once by the reconciler with
@@ -54,6 +67,14 @@ class StoreEgress:
 
 
 @dataclass(frozen=True)
+class CacheAgentEgress:
+    """The node cache agent's pods (in the operator's namespace): their labels and container port."""
+
+    pod_labels: Mapping[str, str]
+    port: int
+
+
+@dataclass(frozen=True)
 class NetworkPolicySettings:
     """The chart's `networkPolicy` values plus the operator's own namespace."""
 
@@ -64,6 +85,7 @@ class NetworkPolicySettings:
     client_cidrs: tuple[str, ...] = ()
     metrics_namespaces: tuple[str, ...] = ()
     model_store: tuple[StoreEgress, ...] = ()
+    cache_agent: CacheAgentEgress | None = None  # set by the chart with artifactCache.enabled
 
 
 def _cidr(value: Any, where: str) -> str:
@@ -83,6 +105,17 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"{ENV}: {where} must be a list of names")
     return tuple(value)
+
+
+def _cache_agent(value: Any) -> CacheAgentEgress | None:
+    if not value:
+        return None
+    where = "cacheAgent"
+    pod_labels = value.get("podLabels") if isinstance(value, dict) else None
+    if (not isinstance(pod_labels, dict) or not pod_labels
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in pod_labels.items())):
+        raise ValueError(f"{ENV}: {where}.podLabels must be a non-empty map of labels")
+    return CacheAgentEgress(pod_labels=dict(sorted(pod_labels.items())), port=_port(value.get("port"), f"{where}.port"))
 
 
 @functools.cache
@@ -111,6 +144,7 @@ def parse(raw: str) -> NetworkPolicySettings:
             ports=tuple(_port(p, f"{where}.ports") for p in entry.get("ports") or [])))
     return NetworkPolicySettings(
         enabled=bool(doc.get("enabled", False)),
+        cache_agent=_cache_agent(doc.get("cacheAgent")),
         operator_namespace=str(doc.get("operatorNamespace") or ""),
         client_namespace_selector=selector,
         client_cidrs=tuple(_cidr(x, "clients.cidrs") for x in clients.get("cidrs") or []),
@@ -142,6 +176,16 @@ def _egress_common(settings: NetworkPolicySettings) -> list[dict[str, Any]]:
     return rules
 
 
+def _cache_agent_egress(settings: NetworkPolicySettings) -> list[dict[str, Any]]:
+    """The node cache agent's pods on their port, in the operator's namespace (none: no rule)."""
+    agent = settings.cache_agent
+    if agent is None or not settings.operator_namespace:
+        return []
+    return [{"to": [{"namespaceSelector": {"matchLabels": {LABEL_NAMESPACE_NAME: settings.operator_namespace}},
+                     "podSelector": {"matchLabels": dict(agent.pod_labels)}}],
+             "ports": _tcp(agent.port)}]
+
+
 def _serving_ingress(settings: NetworkPolicySettings) -> list[dict[str, Any]]:
     clients: list[dict[str, Any]] = [{"podSelector": {}},  # the model's own namespace, always
                                      {"namespaceSelector": dict(settings.client_namespace_selector)}]
@@ -168,9 +212,20 @@ def validation_policy_name(md_name: str) -> str:
     return f"{md_name}-validation"
 
 
+def build_policy_name(md_name: str) -> str:
+    return f"{md_name}-build"
+
+
+def build_pod_selector(md_name: str) -> dict[str, Any]:
+    """Every build Job pod of the ModelDeployment, whatever its revision, and no other pod."""
+    return {"matchLabels": labels.build_pod_labels(md_name)}
+
+
 def build_network_policies(md_name: str, namespace: str, owner_uid: str, revision: str,
-                           settings: NetworkPolicySettings) -> list[dict[str, Any]]:
-    """[`<name>` (serving pods), `<name>-validation` (the revision's validation pod)], or [] when off.
+                           settings: NetworkPolicySettings, *, builds: bool = False) -> list[dict[str, Any]]:
+    """[`<name>` (serving pods), `<name>-validation` (the revision's validation pod)], plus
+    `<name>-build` (the build Jobs' pods) when `builds` (an artifact store is configured), or []
+    when off.
 
     Empty lists are left out rather than sent (the API server drops them, and a field we send but
     it does not keep would look like drift on every pass).
@@ -181,7 +236,7 @@ def build_network_policies(md_name: str, namespace: str, owner_uid: str, revisio
         "podSelector": {"matchLabels": labels.selector_labels(md_name)},
         "policyTypes": ["Ingress", "Egress"],
         "ingress": _serving_ingress(settings),
-        "egress": _egress_common(settings),
+        "egress": [*_egress_common(settings), *_cache_agent_egress(settings)],
     })
     validation = _policy(validation_policy_name(md_name), namespace, md_name, owner_uid, {
         "podSelector": {"matchLabels": {LABEL_JOB_NAME: job_name(md_name, revision)}},
@@ -190,4 +245,11 @@ def build_network_policies(md_name: str, namespace: str, owner_uid: str, revisio
                    {"to": [{"podSelector": {"matchLabels": labels.selector_labels(md_name)}}],
                     "ports": _tcp(c.PORT_HTTP)}],
     })
-    return [serving, validation]
+    if not builds:
+        return [serving, validation]
+    build = _policy(build_policy_name(md_name), namespace, md_name, owner_uid, {
+        "podSelector": build_pod_selector(md_name),
+        "policyTypes": ["Ingress", "Egress"],  # no ingress rule: nothing may connect to it
+        "egress": _egress_common(settings),  # DNS and the model store: no agent, no serving pods
+    })
+    return [serving, validation, build]

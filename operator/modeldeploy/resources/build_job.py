@@ -1,0 +1,169 @@
+"""The build Job of a revision: its model converted, quantized and gated once, into the artifact store (pure).
+
+The Job runs `python -m modeldeploy.artifact build` (docs/artifacts.md) from the image the
+loader init container would use, with the loader's whole environment (the same model settings,
+the model's credentialsSecret by reference) plus the store's (MD_ARTIFACT_STORE, the store's
+Secret by reference). It is scheduled like the revision's serving pods (node selector,
+tolerations, priority class, GPU request: issue 14 item 6), so the int8 speed gate measures the
+device the model will be served on. The result comes back as one JSON line in the pod's
+termination message; planning/build.py reads it. Exit codes 1 and 2 (deterministic: checksum,
+format, gate, invalid input) fail the Job at once; the others (75 transient, 77 store refused,
+65 corrupt copy, a crash) are retried by the Job controller with its backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final
+
+from .. import constants as c
+from ..api import ModelDeploymentSpec
+from . import labels
+from .artifact_store import ArtifactStoreRef, store_env
+from .deployment import (
+    VOLUME_REPOSITORY,
+    VOLUME_SOURCE,
+    VOLUME_TMP,
+    Images,
+    _container_security,
+    _pod_security,
+    _volumes,
+    container_resources,
+    loader_env,
+    pod_images,
+)
+
+CONTAINER: Final = "build"
+COMMAND: Final = ("python", "-m", "modeldeploy.artifact", "build")
+COMPONENT: Final = c.COMPONENT_BUILD  # app.kubernetes.io/component of the Job and its pod
+MAX_NAME_LENGTH: Final = 63  # the Job controller puts the name in the pods' job-name label
+TTL_AFTER_FINISHED_S: Final = 3600  # the result is read within seconds; an hour leaves time to debug
+ACTIVE_DEADLINE_S: Final = 3600  # a conversion and calibration of a large model; past that the build failed
+BACKOFF_LIMIT: Final = 4  # retries of transient failures (75, 77, 65, crashes) before the Job gives up
+DETERMINISTIC_EXITS: Final = (1, 2)  # the artifact CLI's: a retry would fail the same way
+GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
+
+
+def job_name(md_name: str, revision: str) -> str:
+    """`<name>-build-<revision>`, shortened with a hash of the name when it would pass 63 characters."""
+    plain = f"{md_name}-build-{revision}"
+    if len(plain) <= MAX_NAME_LENGTH:
+        return plain
+    digest = hashlib.sha256(md_name.encode()).hexdigest()[:6]
+    tail = f"-{digest}-build-{revision}"
+    keep = MAX_NAME_LENGTH - len(tail)
+    if keep < 1:  # not with 10-character revisions; keeps the function total anyway
+        return f"b-{hashlib.sha256(plain.encode()).hexdigest()[: MAX_NAME_LENGTH - 2]}"
+    return md_name[:keep].rstrip("-") + tail
+
+
+def source_scope(namespace: str, spec: ModelDeploymentSpec) -> str:
+    """Where a source without sha256 is resolved (MD_ARTIFACT_SCOPE): a pvc:// claim and the endpoint
+    behind an s3:// URI depend on the namespace and its credentials Secret. With a sha256 the key
+    ignores it, so the same model in two namespaces is built once."""
+    secret = spec.model.source.credentials_secret
+    return f"{namespace}/{secret}" if secret else namespace
+
+
+def gate_device(spec: ModelDeploymentSpec) -> str:
+    """The serving device class the int8 speed gate measures (MD_ARTIFACT_DEVICE; in the key only
+    for int8): the CPU, or the GPU resource and product the serving pods are scheduled on."""
+    serving = spec.serving
+    if serving.gpus <= 0:
+        return "cpu"
+    product = serving.node_selector.get(GPU_PRODUCT_LABEL, "")
+    return f"{serving.gpu_resource_name}" + (f"={product}" if product else "")
+
+
+def build_env(namespace: str, spec: ModelDeploymentSpec, images: Images,
+              store: ArtifactStoreRef) -> list[dict[str, Any]]:
+    """The loader's environment (the same model settings as the loader init container), then the store's."""
+    return [
+        *loader_env(spec, images),
+        *store_env(store),
+        {"name": "MD_ARTIFACT_SCOPE", "value": source_scope(namespace, spec)},
+        {"name": "MD_ARTIFACT_DEVICE", "value": gate_device(spec)},
+    ]
+
+
+def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: ArtifactStoreRef) -> dict[str, Any]:
+    serving = spec.serving
+    _, image = pod_images(spec, images)
+    mounts: list[dict[str, Any]] = [
+        {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH},
+        {"name": VOLUME_TMP, "mountPath": "/tmp"},
+    ]
+    if spec.model.source.pvc_claim:
+        mounts.append({"name": VOLUME_SOURCE, "mountPath": c.SOURCE_MOUNT_PATH, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "imagePullPolicy": images.pull_policy,
+        "command": list(COMMAND),
+        "env": build_env(namespace, spec, images, store),
+        "volumeMounts": mounts,
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    # Like a serving pod, GPUs included: the gate times the model on the device it will serve on.
+    if resources := container_resources(spec, with_gpus=True):
+        container["resources"] = resources
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # it talks to the stores, never to the Kubernetes API
+        "enableServiceLinks": False,
+        "restartPolicy": "Never",
+        "securityContext": _pod_security(),
+        "terminationGracePeriodSeconds": 10,
+        "containers": [container],
+        "volumes": [v for v in _volumes(spec, images) if v["name"] in (VOLUME_REPOSITORY, VOLUME_TMP, VOLUME_SOURCE)],
+    }
+    if serving.node_selector:
+        pod["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        pod["tolerations"] = [t.to_manifest() for t in serving.tolerations]
+    if serving.priority_class_name:
+        pod["priorityClassName"] = serving.priority_class_name
+    return pod
+
+
+def build_build_job(
+    md_name: str,
+    namespace: str,
+    owner_uid: str,
+    spec: ModelDeploymentSpec,
+    revision: str,
+    images: Images,
+    store: ArtifactStoreRef,
+) -> dict[str, Any]:
+    """batch/v1 Job `<name>-build-<revision>`, owned by the ModelDeployment.
+
+    The Job carries the name and revision labels (its events queue a pass for the model); its pod
+    deliberately carries neither: Services and the PDB select serving pods by the name label, and
+    a build pod must never receive traffic or count as a serving pod of the revision. The pod's
+    labels (labels.build_pod_labels: the component and `modeldeploy.io/build-of: <name>`) are what
+    the `<name>-build` NetworkPolicy selects (resources/networkpolicy.py).
+    """
+    job_labels = {**labels.common_labels(md_name), c.LABEL_REVISION: revision, c.LABEL_APP_COMPONENT: COMPONENT}
+    pod_labels = labels.build_pod_labels(md_name)
+    meta = labels.object_meta(job_name(md_name, revision), namespace, md_name, owner_uid, job_labels)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": BACKOFF_LIMIT,
+            "activeDeadlineSeconds": ACTIVE_DEADLINE_S,
+            "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
+            "podFailurePolicy": {"rules": [
+                # a checksum, format, conversion or gate failure, or invalid input: the same every time
+                {"action": "FailJob",
+                 "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(DETERMINISTIC_EXITS)}},
+                # a pod evicted by a node drain or preemption is not a failure of the build: replaced
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]},
+            "template": {
+                "metadata": {"labels": dict(sorted(pod_labels.items()))},
+                "spec": _pod_spec(namespace, spec, images, store),
+            },
+        },
+    }

@@ -1,0 +1,196 @@
+"""Built revisions without a cluster: the build Job, the serving pods' fetch init container, the settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modeldeploy import api
+from modeldeploy import constants as c
+from modeldeploy.config import Settings, from_env
+from modeldeploy.resources import Images, build_deployment
+from modeldeploy.resources import build_job as bj
+from modeldeploy.resources.artifact_store import ArtifactStoreRef, store_env
+from modeldeploy.resources.deployment import ArtifactFetch, loader_env
+from tests.integration.invalid_specs import BASE_SPEC, apply_patch
+
+UID = "0b8c1f5e-3d7a-4f3e-9a51-6a1c2f0e9b11"
+IMAGES = Images(serving="registry.local/triton:1", loader="registry.local/loader:1",
+                converter="registry.local/converter:1", serving_backend="python-onnx")
+STORE = ArtifactStoreRef(uri="s3://artifacts/team-a", secret="artifact-store")
+KEY = "digits-36b63aabb80daca386d31b25979672ae"
+
+
+def _spec(patch: dict[str, Any] | None = None) -> api.ModelDeploymentSpec:
+    return api.parse_spec(apply_patch(BASE_SPEC, patch or {}), name="digits")
+
+
+def _job(patch: dict[str, Any] | None = None, name: str = "digits", store: ArtifactStoreRef = STORE) -> dict[str, Any]:
+    return bj.build_build_job(name, "ml", UID, _spec(patch), "abc1234567", IMAGES, store)
+
+
+def _pod(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+# ---------------------------------------------------------------- the build Job
+
+
+def test_job_is_named_owned_and_labelled_like_the_validation_job() -> None:
+    job = _job()
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    meta = job["metadata"]
+    assert (meta["name"], meta["namespace"]) == ("digits-build-abc1234567", "ml")
+    assert meta["ownerReferences"] == [{"apiVersion": c.API_VERSION, "kind": c.KIND, "name": "digits", "uid": UID,
+                                        "controller": True, "blockOwnerDeletion": True}]
+    assert meta["labels"][c.LABEL_NAME] == "digits" and meta["labels"][c.LABEL_REVISION] == "abc1234567"
+    assert meta["labels"][c.LABEL_APP_COMPONENT] == bj.COMPONENT
+    # the pod is never a serving pod: no name label (Services and the PDB select on it), no revision
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert c.LABEL_NAME not in pod_labels and c.LABEL_REVISION not in pod_labels
+    assert pod_labels[c.LABEL_MANAGED_BY] == c.MANAGED_BY
+    # what the `<name>-build` NetworkPolicy selects (test_networkpolicy.py): the component and the model
+    assert pod_labels[c.LABEL_APP_COMPONENT] == bj.COMPONENT and pod_labels[c.LABEL_BUILD_OF] == "digits"
+
+
+def test_long_names_fit_a_label_and_stay_apart() -> None:
+    a, b = bj.job_name("m" * 56, "abc1234567"), bj.job_name("m" * 55 + "n", "abc1234567")
+    assert len(a) <= 63 and len(b) <= 63 and a != b and a.endswith("-build-abc1234567")
+
+
+def test_retries_only_what_a_retry_can_fix() -> None:
+    spec = _job()["spec"]
+    assert spec["ttlSecondsAfterFinished"] > 0 and spec["activeDeadlineSeconds"] > 0
+    assert spec["backoffLimit"] >= 2
+    rules = spec["podFailurePolicy"]["rules"]
+    fail = next(r for r in rules if r["action"] == "FailJob")
+    assert fail["onExitCodes"] == {"containerName": bj.CONTAINER, "operator": "In", "values": [1, 2]}
+    ignore = next(r for r in rules if r["action"] == "Ignore")
+    assert ignore["onPodConditions"] == [{"type": "DisruptionTarget"}]
+    assert _pod(_job())["restartPolicy"] == "Never"  # podFailurePolicy needs it
+
+
+def test_pod_meets_restricted_pod_security_and_never_talks_to_the_api() -> None:
+    pod = _pod(_job())
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_scheduled_like_the_serving_pods() -> None:
+    patch = {"serving": {"gpus": 2, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100"},
+                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                         "priorityClassName": "ml-serving"}}
+    job_pod = _pod(_job(patch))
+    serving = build_deployment("digits", "ml", UID, _spec(patch), "abc1234567", 1, IMAGES, "stable")
+    serving_pod = serving["spec"]["template"]["spec"]
+    for key in ("nodeSelector", "tolerations", "priorityClassName"):
+        assert job_pod[key] == serving_pod[key]
+    (build,), triton = job_pod["containers"], serving_pod["containers"][0]
+    assert build["resources"] == triton["resources"]  # GPUs included
+    assert build["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert _env(build)["MD_ARTIFACT_DEVICE"] == "nvidia.com/gpu=NVIDIA-H100"
+    assert _env(_pod(_job({"serving": {"gpus": 0}}))["containers"][0])["MD_ARTIFACT_DEVICE"] == "cpu"
+
+
+def test_runs_the_artifact_build_with_the_loaders_environment_and_the_store() -> None:
+    spec = _spec()
+    (container,) = _pod(_job())["containers"]
+    assert container["command"] == ["python", "-m", "modeldeploy.artifact", "build"]
+    assert container["image"] == IMAGES.loader
+    env = _env(container)
+    for var in loader_env(spec, IMAGES):  # the same model settings as the loader init container
+        assert env[var["name"]] == var.get("value", var.get("valueFrom"))
+    assert env["MD_ARTIFACT_STORE"] == "s3://artifacts/team-a"
+    assert env["MD_STORE_AWS_SECRET_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "artifact-store", "key": "AWS_SECRET_ACCESS_KEY", "optional": True}}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY", "optional": True}}
+    assert env["MD_ARTIFACT_SCOPE"] == "ml/s3-creds"
+    assert "MD_ARTIFACT_KEY" not in env  # the builder computes the key (the operator does not yet)
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {c.MODEL_REPOSITORY_PATH, "/tmp"}
+
+
+def test_a_model_that_needs_torch_builds_in_the_converter_image() -> None:
+    (container,) = _pod(_job({"model": {"format": "torchscript", "source": {"uri": "s3://m/model.pt"},
+                                        "inputs": [{"name": "x", "dtype": "float32", "shape": [3, 224, 224]}]}}))[
+        "containers"]
+    assert container["image"] == IMAGES.converter
+
+
+def test_store_credentials_only_by_reference_and_an_endpoint_setting_wins() -> None:
+    env = store_env(ArtifactStoreRef(uri="s3://a", secret="st", endpoint="http://minio.store:9000"))
+    by_name = {e["name"]: e for e in env}
+    assert by_name["MD_STORE_AWS_ENDPOINT_URL"] == {"name": "MD_STORE_AWS_ENDPOINT_URL",
+                                                    "value": "http://minio.store:9000"}
+    assert len([e for e in env if e["name"] == "MD_STORE_AWS_ENDPOINT_URL"]) == 1
+    assert all("value" not in e for e in env if e["name"].startswith("MD_STORE_AWS_") and "ENDPOINT" not in e["name"])
+    assert store_env(ArtifactStoreRef(uri="s3://a")) == [{"name": "MD_ARTIFACT_STORE", "value": "s3://a"}]
+
+
+# ---------------------------------------------------------------- serving pods of a built revision
+
+
+def _deployment(artifact: ArtifactFetch | None) -> dict[str, Any]:
+    return build_deployment("digits", "ml", UID, _spec({"model": {"source": {"uri": "pvc://claim/model.onnx"}}}),
+                            "abc1234567", 3, IMAGES, "stable", artifact=artifact)
+
+
+def test_serving_pods_of_a_built_revision_only_fetch_the_artifact() -> None:
+    pod = _deployment(ArtifactFetch(key=KEY, store=STORE))["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["name"] == c.CONTAINER_LOADER
+    assert init["command"] == ["python", "-m", "modeldeploy.artifact", "fetch", "--key", KEY]
+    assert init["image"] == IMAGES.loader
+    env = _env(init)
+    assert env["MD_ARTIFACT_STORE"] == "s3://artifacts/team-a"
+    assert env["MD_MODEL_NAME"] == "digits" and env["MD_REPOSITORY"] == c.MODEL_REPOSITORY_PATH
+    assert env["MD_STORE_AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "artifact-store"
+    # nothing of the loader: no source, no model credentials, no conversion settings, no source volume
+    assert not {"MD_SOURCE_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MD_QUANTIZE"} & env.keys()
+    assert {m["name"] for m in init["volumeMounts"]} == {"model-repository", "tmp"}
+    assert "model-source" not in {v["name"] for v in pod["volumes"]}
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_without_an_artifact_the_serving_pods_run_the_loader_as_before() -> None:
+    pod = _deployment(None)["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["python", "-m", "modeldeploy.loader"]
+    assert "model-source" in {v["name"] for v in pod["volumes"]}
+
+
+def test_the_key_changes_only_the_init_container() -> None:
+    a = _deployment(ArtifactFetch(key=KEY, store=STORE))
+    b = _deployment(ArtifactFetch(key="digits-" + "0" * 32, store=STORE))
+    assert a["metadata"] == b["metadata"]
+    assert a["spec"]["template"]["spec"]["containers"] == b["spec"]["template"]["spec"]["containers"]
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_settings_default_off_and_read_from_the_environment() -> None:
+    assert Settings().artifacts_enabled is False
+    s = from_env({"MD_ARTIFACT_STORE": "s3://artifacts", "MD_ARTIFACT_STORE_SECRET": "s3-creds",
+                  "MD_ARTIFACT_STORE_ENDPOINT": "http://minio:9000"})
+    assert s.artifacts_enabled and (s.artifact_store, s.artifact_store_secret, s.artifact_store_endpoint) == (
+        "s3://artifacts", "s3-creds", "http://minio:9000")
+
+
+@pytest.mark.parametrize("env", [{"MD_ARTIFACT_STORE": "artifacts"}, {"MD_ARTIFACT_STORE": "file:///artifacts"},
+                                 {"MD_ARTIFACT_STORE": "s3://a", "MD_ARTIFACT_STORE_ENDPOINT": "minio:9000"}])
+def test_settings_refuse_a_store_the_pods_cannot_use(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="MD_ARTIFACT_STORE"):
+        from_env(env)
