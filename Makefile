@@ -71,12 +71,12 @@ cluster-status: python
 	@$(LOCALCLUSTER) status
 
 images: demo-setup
-	@$(STEP) "serving image and operator image (built without Docker, only when their inputs change)" \
+	@$(STEP) "serving image (Triton only) and operator image (operator + model-loader), built without Docker, only when their inputs change" \
 		hack/images/ensure.sh
 	@ls -lh out/*.tar | awk '{print "  " $$5 "  " $$9}'
 
 converter-image: setup
-	@$(STEP) "converter image: serving image + torch, for torchscript and pytorch-export models (~4.5 GB)" \
+	@$(STEP) "converter image: operator image + torch, for torchscript and pytorch-export models (~4.5 GB)" \
 		hack/images/ensure.sh --converter
 	@ls -lh out/modeldeploy-converter.tar | awk '{print "  " $$5 "  " $$9}'
 

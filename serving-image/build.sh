@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Build the CPU serving image (Triton 2.51 python backend + onnxruntime runner + model-loader).
+# Build the CPU serving image: Triton 2.51 with its python backend, and numpy + onnxruntime for the
+# runner the loader writes next to a model (python-onnx backend). Nothing of modeldeploy's own code:
+# serving pods run only tritonserver, as they do from NVIDIA's stock image on GPU nodes; the
+# loader runs from the operator's image (the chart's loaderImage).
 #
 #   serving-image/build.sh [--check] [--context-only]
 #
@@ -10,7 +13,8 @@
 # Caches: ~/.cache/modeldeploy/serving-image/ (base rootfs, wheels). Output: $OUT.
 #   IMAGE_NAME  default localhost/modeldeploy-triton-cpu:dev   (the operator's default serving image)
 #   OUT         default <repo>/out/modeldeploy-triton-cpu.tar
-#   --check     smoke-test the rootfs before packing (serving-image/smoke.sh: loader + Triton as uid 1000)
+#   --check     smoke-test the rootfs before packing (serving-image/smoke.sh: Triton as uid 1000 serving
+#               a repository the host's loader wrote)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -44,12 +48,10 @@ cp -a "$triton_root/tritonserver/caches" "$ctx/opt/tritonserver/caches"
 cp "$here/triton-serve.sh" "$ctx/triton-serve.sh"
 mkdir -p "$cache/wheels"
 log "wheelhouse (numpy<2: the python backend stub fails every request with numpy 2)"
-# tritonclient[http]: the canary validation Job (python -m modeldeploy.loader.validate) runs from this image
 "$py" -m pip download -q --only-binary=:all: --python-version 3.11 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d "$cache/wheels" "numpy>=1.26,<2" "onnxruntime>=1.18,<2" "onnx>=1.16,<2" "tritonclient[http]>=2.50,<3"
+  -d "$cache/wheels" "numpy>=1.26,<2" "onnxruntime>=1.18,<2"
 cp "$cache/wheels"/*.whl "$ctx/wheels/"
-"$py" -m pip wheel -q --no-deps --no-build-isolation -w "$ctx/wheels" "$root" >/dev/null
 if [ "$context_only" = 1 ]; then echo "$ctx"; exit 0; fi
 
 # 3. A Docker engine, if one answers, builds from the Dockerfile.
@@ -69,10 +71,7 @@ tar --numeric-owner -C "$rootfs" -xf "$base"
 cp -a "$ctx/opt/tritonserver" "$rootfs/opt/tritonserver"
 site=$rootfs/usr/local/lib/python3.11/dist-packages
 "$py" -m pip install -q --no-index --find-links "$ctx/wheels" --only-binary=:all: --python-version 3.11 \
-  --implementation cp --target "$site" "numpy>=1.26,<2" "onnxruntime>=1.18,<2" "onnx>=1.16,<2" \
-  "tritonclient[http]>=2.50,<3"
-rm -rf "$site/bin"
-"$py" -m pip install -q --no-index --no-deps --target "$site" "$ctx"/wheels/modeldeploy-*.whl
+  --implementation cp --target "$site" "numpy>=1.26,<2" "onnxruntime>=1.18,<2"
 rm -rf "$site/bin"
 install -m 0755 "$here/triton-serve.sh" "$rootfs/usr/local/bin/triton-serve"
 ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python"
@@ -97,7 +96,7 @@ cat > "$cache/config.json" <<JSON
   "Entrypoint": ["/usr/local/bin/triton-serve"],
   "ExposedPorts": {"8000/tcp": {}, "8001/tcp": {}, "8002/tcp": {}},
   "Labels": {"org.opencontainers.image.title": "modeldeploy-triton-cpu",
-             "org.opencontainers.image.description": "Triton 2.51 (python backend) + onnxruntime runner + model-loader"}
+             "org.opencontainers.image.description": "Triton 2.51 (python backend) with numpy and onnxruntime for the python-onnx runner"}
 }
 JSON
 log "packing $out"

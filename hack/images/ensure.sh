@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the serving and operator images into out/, each only when its inputs changed (a content
-# hash of the files that go into it is kept next to the archive).
+# hash of the files that go into it is kept next to the archive). The serving image is Triton only;
+# the operator image also runs the model-loader, the artifact fetch and the build and validation Jobs.
 #   hack/images/ensure.sh              # prints the two archive paths
-#   hack/images/ensure.sh --converter  # the converter image (serving image + torch), printed alone
+#   hack/images/ensure.sh --converter  # the converter image (operator image + torch), printed alone
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build_if_changed() {  # ARCHIVE SCRIPT INPUTS...
@@ -17,12 +18,16 @@ build_if_changed() {  # ARCHIVE SCRIPT INPUTS...
   fi
   echo "$archive"
 }
-serving_inputs=(serving-image operator/modeldeploy pyproject.toml hack/images hack/triton hack/localcluster/oci.py)
+# The serving image holds Triton only (none of operator/): the operator image is also the loader's.
+serving_inputs=(serving-image/build.sh serving-image/Dockerfile.cpu serving-image/triton-serve.sh hack/images/debian-base.sh
+                hack/triton hack/localcluster/oci.py)
+operator_inputs=(operator/modeldeploy pyproject.toml hack/images hack/localcluster/oci.py)
 if [[ "${1:-}" == "--converter" ]]; then  # the converter image (~4.5 GB) only for those who need it
-  build_if_changed out/modeldeploy-triton-cpu.tar serving-image/build.sh "${serving_inputs[@]}" >/dev/null
-  build_if_changed out/modeldeploy-converter.tar serving-image/build-converter.sh "${serving_inputs[@]}"
+  # operator image + torch, on the operator image's root filesystem (left in the cache by its build)
+  build_if_changed out/modeldeploy-operator.tar hack/images/operator-image.sh "${operator_inputs[@]}" >/dev/null
+  build_if_changed out/modeldeploy-converter.tar serving-image/build-converter.sh "${operator_inputs[@]}" \
+    serving-image/build-converter.sh
   exit 0
 fi
 build_if_changed out/modeldeploy-triton-cpu.tar serving-image/build.sh "${serving_inputs[@]}"
-build_if_changed out/modeldeploy-operator.tar hack/images/operator-image.sh \
-  operator/modeldeploy pyproject.toml hack/images hack/localcluster/oci.py
+build_if_changed out/modeldeploy-operator.tar hack/images/operator-image.sh "${operator_inputs[@]}"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Build the operator image without a container engine: the cached Debian base, the operator and
-# its dependencies installed from wheels downloaded on the host, run as uid 1000.
+# its dependencies installed from wheels downloaded on the host, run as uid 1000. It is also the
+# loader image (the chart's loaderImage default): the model-loader and artifact fetch init
+# containers and the build and validation Jobs run modeldeploy's code from it, so serving pods need
+# nothing but Triton. serving-image/build-converter.sh adds torch on top of its root filesystem.
 #   hack/images/operator-image.sh      # prints "NAME ARCHIVE DIGEST"
 #   IMAGE_NAME (default localhost/modeldeploy-operator:dev), OUT (default out/modeldeploy-operator.tar)
 # On a machine with Docker, operator/Dockerfile builds the same image.
@@ -25,6 +28,7 @@ site=$rootfs/usr/local/lib/python3.11/dist-packages
 "$py" -m pip install -q --no-index --find-links "$cache/wheels" --only-binary=:all: --python-version 3.11 \
   --implementation cp --target "$site" "$(ls "$cache"/self/modeldeploy-*.whl | tail -1)"
 rm -rf "$site/bin"
+ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python"  # pods run `python -m modeldeploy.loader`
 grep -q '^modeldeploy:' "$rootfs/etc/group" || echo 'modeldeploy:x:1000:' >> "$rootfs/etc/group"
 grep -q '^modeldeploy:' "$rootfs/etc/passwd" || echo 'modeldeploy:x:1000:1000::/tmp:/usr/sbin/nologin' >> "$rootfs/etc/passwd"
 chmod 1777 "$rootfs/tmp"
@@ -33,7 +37,8 @@ cat > "$cache/config.json" <<JSON
  "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE=1",
          "PYTHONUNBUFFERED=1"],
  "Entrypoint": ["/usr/bin/python3", "-m", "modeldeploy"], "Cmd": ["run"],
- "Labels": {"org.opencontainers.image.title": "modeldeploy-operator"}}
+ "Labels": {"org.opencontainers.image.title": "modeldeploy-operator",
+            "org.opencontainers.image.description": "the modeldeploy operator, model-loader and artifact builder"}}
 JSON
 log "packing $out"
 PYTHONPATH="$root/hack" "$py" -m localcluster.oci "$rootfs" "$out" --name "$name" --config "$cache/config.json"

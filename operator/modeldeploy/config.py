@@ -40,7 +40,7 @@ class Settings:
 
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
     serving_image: str = "localhost/modeldeploy-triton-cpu:dev"
-    loader_image: str = "localhost/modeldeploy-triton-cpu:dev"
+    loader_image: str = "localhost/modeldeploy-operator:dev"  # our code; never the serving image
     converter_image: str = "localhost/modeldeploy-converter:dev"
     serving_backend: str = "python-onnx"  # python-onnx (CPU image) | onnxruntime (NVIDIA image)
     resync_seconds: float = 10.0  # timed passes for models not yet settled (startup timeouts, Degraded)
@@ -118,7 +118,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         namespaces=_split(e.get("MD_WATCH_NAMESPACES", "")),
         serving_image=e.get("MD_SERVING_IMAGE", d.serving_image),
-        loader_image=e.get("MD_LOADER_IMAGE", e.get("MD_SERVING_IMAGE", d.loader_image)),
+        loader_image=e.get("MD_LOADER_IMAGE") or d.loader_image,
         converter_image=e.get("MD_CONVERTER_IMAGE", d.converter_image),
         serving_backend=e.get("MD_SERVING_BACKEND", d.serving_backend),
         resync_seconds=float(e.get("MD_RESYNC_SECONDS", d.resync_seconds)),

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import api, constants, telemetry
+from . import api, constants, telemetry, timefmt
 from .builds import Builder
 from .config import Settings
 from .kube import events
@@ -56,10 +56,6 @@ class PassResult:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def _rfc3339(t: dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def manual_command(annotations: Mapping[str, str]) -> str | None:
@@ -262,7 +258,7 @@ class Reconciler:
         try:
             spec = api.parse_spec(md.get("spec") or {}, name=name)
         except api.SpecError as e:
-            desired = status.invalid_spec_status(previous, generation, e.field, e.message, _rfc3339(now))
+            desired = status.invalid_spec_status(previous, generation, e.field, e.message, timefmt.rfc3339_at(now))
             result.phase = desired["phase"]
             if self._write_status(md, previous, desired):
                 events.post(self.kube, md, "Warning", status.Reason.INVALID_SPEC, f"{e.field}: {e.message}")
@@ -305,7 +301,7 @@ class Reconciler:
         desired_status = status.compute(status.StatusInput(
             name=name, namespace=namespace, model_name=spec.model.name, generation=generation, current=current,
             desired_replicas=desired_replicas, plan=plan, observed=observed, previous=previous,
-            now=_rfc3339(now), canary=cplan.state, canary_weight=weight,
+            now=timefmt.rfc3339_at(now), canary=cplan.state, canary_weight=weight,
             conflicts=tuple(conflicts.values()), notes=(route_note,) if route_note else (),
             build=build, model_version=spec.model.version))
         told = set(previous.get("warnings") or ())

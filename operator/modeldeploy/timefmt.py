@@ -15,6 +15,11 @@ def rfc3339(t: float | None, *, micro: bool = False) -> str | None:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime(_MICROS if micro else _SECONDS)
 
 
+def rfc3339_at(now: dt.datetime) -> str:
+    """A moment as status writes times (seconds, UTC)."""
+    return dt.datetime.fromtimestamp(now.timestamp(), dt.UTC).strftime(_SECONDS)
+
+
 def parse_rfc3339(s: str | None) -> float | None:
     """Epoch seconds from either form rfc3339() writes; None for empty."""
     if not s:

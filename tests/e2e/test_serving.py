@@ -85,6 +85,14 @@ def test_model_is_served_through_the_service(real_cluster: ClusterHandle, stack:
     pods = real_cluster.kubectl_json("get", "pods", "-n", NS, "-l", "modeldeploy.io/name=digits")["items"]
     assert len(pods) == 1 and pods[0]["status"]["phase"] == "Running"
     assert pods[0]["spec"]["securityContext"]["runAsNonRoot"] is True  # admitted under "restricted"
+    # The defaults: the loader runs from the operator's image, Triton from a serving image that
+    # holds none of modeldeploy's code (as NVIDIA's stock image would on a GPU node).
+    spec = pods[0]["spec"]
+    assert [c["image"] for c in spec["initContainers"]] == ["localhost/modeldeploy-operator:dev"]
+    assert [c["image"] for c in spec["containers"]] == ["localhost/modeldeploy-triton-cpu:dev"]
+    probe = real_cluster.kubectl("exec", "-n", NS, pods[0]["metadata"]["name"], "-c", "triton", "--", "python3", "-c",
+                                 "import importlib.util as u; print(u.find_spec('modeldeploy') is None)")
+    assert probe.stdout.strip() == "True", probe.stdout
     x, y = _digits()
     correct = 0
     for i in range(0, len(x), 32):

@@ -38,6 +38,7 @@ POLICY = f"{op.RELEASE}-admission"  # the policy and its binding
 DENIED = f"ValidatingAdmissionPolicy '{POLICY}' with binding '{POLICY}' denied request"
 SHA = "0123456789abcdef" * 4
 CHART_IMAGES = ("localhost/modeldeploy-triton-cpu:*, localhost/modeldeploy-triton-cpu@*, "
+                "localhost/modeldeploy-operator:*, localhost/modeldeploy-operator@*, "
                 "localhost/modeldeploy-converter:*, localhost/modeldeploy-converter@*")
 
 # A platform team's configuration: every list set (and a namespace it exempts).

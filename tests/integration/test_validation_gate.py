@@ -42,7 +42,7 @@ MAX_BATCH = 32
 SECRET = "dataset-creds"
 BUCKET = "datasets"
 DATASET_KEY = "digits/validation.npz"
-IMAGES = Images(serving="localhost/modeldeploy-triton-cpu:dev", loader="localhost/modeldeploy-triton-cpu:dev",
+IMAGES = Images(serving="localhost/modeldeploy-triton-cpu:dev", loader="localhost/modeldeploy-operator:dev",
                 converter="localhost/modeldeploy-converter:dev", serving_backend="python-onnx")
 
 

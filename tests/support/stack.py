@@ -19,6 +19,7 @@ VALIDATION_URI = "s3://models/digits/validation.npz"
 # the e2e tests need, set here explicitly: their deliberately bad models are python tarballs on S3
 # without a sha256 (tests/e2e/test_canary.py, test_rollout_availability.py). Their images
 # (localhost/modeldeploy-triton-cpu:dev and :late) are the chart's own repository, allowed by default.
+# loaderImage stays at its default, the operator's image: serving pods run Triton only.
 CHART_VALUES = ("image.repository=localhost/modeldeploy-operator", "image.tag=dev",
                 "servingImage=localhost/modeldeploy-triton-cpu:dev", "resyncSeconds=5", "logLevel=INFO",
                 "admissionPolicy.allowPythonModels=true", "admissionPolicy.requireSha256ForPython=false")

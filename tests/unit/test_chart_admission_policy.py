@@ -63,6 +63,8 @@ def test_every_refusal_names_its_field() -> None:
 def test_default_values_are_the_chart_images_and_strict_switches() -> None:
     assert _values() == {
         "allowedImages": ["localhost/modeldeploy-triton-cpu:*", "localhost/modeldeploy-triton-cpu@*",
+                          # loaderImage "" is the operator's image
+                          "localhost/modeldeploy-operator:*", "localhost/modeldeploy-operator@*",
                           "localhost/modeldeploy-converter:*", "localhost/modeldeploy-converter@*"],
         "allowPythonModels": False, "sha256Schemes": ["http"], "requireSha256ForPython": True,
         "allowedNodeSelectors": [], "allowedTolerations": [], "allowedPriorityClassNames": []}
@@ -83,7 +85,7 @@ def test_allowed_images_follow_the_image_values() -> None:
 
 
 def test_gpu_serving_image_is_a_chart_image_when_enabled() -> None:
-    """With gpuServing on, the operator's default serving and loader image is gpuServing.image."""
+    """With gpuServing on, the operator's default serving image is gpuServing.image."""
     images = _values("gpuServing.enabled=true", "gpuServing.image=nvcr.io/acme/triton-gpu:26.10")["allowedImages"]
     assert "nvcr.io/acme/triton-gpu:*" in images and "nvcr.io/acme/triton-gpu@*" in images
     assert "nvcr.io/acme/triton-gpu:*" not in _values("gpuServing.image=nvcr.io/acme/triton-gpu:26.10")["allowedImages"]

@@ -252,8 +252,10 @@ def test_gpu_serving_switches_the_default_image_and_backend() -> None:
     env = _chart_env()
     assert env["MD_SERVING_IMAGE"] == "localhost/modeldeploy-triton-cpu:dev"
     assert env["MD_SERVING_BACKEND"] == "python-onnx"
+    assert env["MD_LOADER_IMAGE"] == "localhost/modeldeploy-operator:dev"  # our code: the operator's image
     env = _chart_env("gpuServing.enabled=true")
-    assert env["MD_SERVING_IMAGE"] == env["MD_LOADER_IMAGE"] == "localhost/modeldeploy-triton-gpu:26.10"
+    assert env["MD_SERVING_IMAGE"] == "nvcr.io/nvidia/tritonserver:26.10-py3"  # stock, unchanged
+    assert env["MD_LOADER_IMAGE"] == "localhost/modeldeploy-operator:dev"  # never the serving image
     assert env["MD_SERVING_BACKEND"] == "onnxruntime"
     env = _chart_env("gpuServing.enabled=true", "loaderImage=my/loader:1")
     assert env["MD_LOADER_IMAGE"] == "my/loader:1"

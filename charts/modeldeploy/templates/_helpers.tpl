@@ -68,6 +68,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.gpuServing .Values.gpuServing.enabled }}{{ .Values.gpuServing.image }}{{ else }}{{ .Values.servingImage }}{{ end -}}
 {{- end -}}
 
+{{/* The image of modeldeploy's own code in model namespaces (the model-loader and artifact fetch
+     init containers, build and validation Jobs): loaderImage, or else the operator's image. Never
+     the serving image, which may be NVIDIA's stock Triton with none of our code. */}}
+{{- define "modeldeploy.loaderImage" -}}
+{{- .Values.loaderImage | default (printf "%s:%s" .Values.image.repository .Values.image.tag) -}}
+{{- end -}}
+
 {{- define "modeldeploy.servingBackend" -}}
 {{- if and .Values.gpuServing .Values.gpuServing.enabled }}onnxruntime{{ else }}{{ .Values.servingBackend }}{{ end -}}
 {{- end -}}

@@ -2,7 +2,7 @@
 
 Addressing and credentials follow the loader's S3Client (loader/fetch.py): path-style against an
 endpoint (AWS_ENDPOINT_URL, here MD_STORE_AWS_ENDPOINT_URL), virtual-hosted on AWS; requests are
-signed with the loader's standard-library SigV4 (no boto3 in the serving image).
+signed with the loader's standard-library SigV4 (no boto3 in the loader image).
 
 Every upload is signed with the file's sha256 as its payload hash, so the server itself refuses
 bytes that changed on the way; the same digest goes into the object's `x-amz-meta-sha256`, which

@@ -1,6 +1,6 @@
 """AWS Signature Version 4 for S3 GET requests, with the standard library only.
 
-Keeps boto3 (~100 MB with botocore's data) out of the serving image; the loader only needs
+Keeps boto3 (~100 MB with botocore's data) out of the loader image; the loader only needs
 signed GETs (objects and ListObjectsV2) against AWS or any S3-compatible endpoint.
 """
 

@@ -87,11 +87,6 @@ class BuildState:
         return False if self.failed else None
 
 
-def rfc3339(now: dt.datetime) -> str:
-    """`now` as status writes times (seconds, UTC)."""
-    return timefmt.rfc3339(now.timestamp()) or ""
-
-
 def _short(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
@@ -208,7 +203,7 @@ def from_job(revision: str, job: Mapping[str, Any], pods: Iterable[Mapping[str, 
         for _, term in reversed(finished):
             result = parse_result(term.get("message", ""))
             if result is not None and result.get("result") in ("built", "reused") and result.get("key"):
-                return _done(revision, {**artifact_record(result), "recordedAt": rfc3339(now)}, new=True)
+                return _done(revision, {**artifact_record(result), "recordedAt": timefmt.rfc3339_at(now)}, new=True)
         return BuildState(Reason.BUILD_FAILED, f"revision {revision}: build Job {name} completed without a result",
                           failure=f"build Job {name} completed without a result", new_result=True)
     last = next(((code, said, transient) for _, t in reversed(finished)

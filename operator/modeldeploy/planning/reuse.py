@@ -26,10 +26,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .. import timefmt
 from ..artifact.key import artifact_key
 from ..artifact.options import build_options
 from ..loader.errors import LoaderError
-from .build import BuildState, Reason, rfc3339
+from .build import BuildState, Reason
 
 _SECRET_FREE_PREFIXES: Final = ("MD_STORE_",)  # the store's credentials: not inputs of the key
 
@@ -93,7 +94,7 @@ def reused(revision: str, source: Recorded, now: dt.datetime) -> BuildState:
     """The revision's build: `source`'s artifact, recorded as reused (nothing converted, no Job)."""
     artifact = {k: v for k, v in source.artifact.items() if k not in ("recordedAt", "reusedFrom")}
     artifact.update(reused=True, reusedFrom=f"{source.owner} revision {source.revision}",
-                    recordedAt=rfc3339(now))
+                    recordedAt=timefmt.rfc3339_at(now))
     sha = str(artifact.get("modelSha256", ""))[:12]
     return BuildState(Reason.REUSED, f"revision {revision}: artifact {artifact['key']} reused from the build of "
                                      f"ModelDeployment {source.owner} (revision {source.revision}, model sha256 "
