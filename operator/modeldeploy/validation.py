@@ -19,6 +19,7 @@ from . import api
 from .config import Settings
 from .kube import events
 from .kube.client import Conflict, Kube, NotFound
+from .planning import podstate
 from .planning.termination import last_json_object
 from .resources.deployment import Images
 from .resources.validation_job import ANNOTATION_FINGERPRINT, CONTAINER, build_validation_job, fingerprint, job_name
@@ -35,31 +36,6 @@ def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
         if cond.get("type") == kind and cond.get("status") == "True":
             return cond
     return None
-
-
-def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The validate container's terminated state, if it has one."""
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") != CONTAINER:
-            continue
-        for key in ("state", "lastState"):
-            term = (cs.get(key) or {}).get("terminated")
-            if term:
-                return term
-    return None
-
-
-def _waiting_reason(pods: Iterable[Mapping[str, Any]]) -> str:
-    """Why a pod never ran (ImagePullBackOff, CreateContainerConfigError ...), for a Job that timed out."""
-    for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason"):
-                return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
-        for cond in (pod.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                return f"{cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}".rstrip(": ")
-    return ""
 
 
 def parse_result(message: str) -> dict[str, Any] | None:
@@ -84,7 +60,7 @@ def verdict_from_job(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) 
         return None
     pods = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
     for pod in reversed(pods):
-        term = _terminated(pod)
+        term = podstate.terminated(pod, CONTAINER)
         if term is None:
             continue
         result = parse_result(term.get("message", ""))
@@ -98,7 +74,7 @@ def verdict_from_job(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) 
     if failed is not None:
         reason = failed.get("reason") or "Failed"
         detail = failed.get("message") or ""
-        why = _waiting_reason(pods)
+        why = podstate.waiting_reason(pods)
         return False, _short(f"validation job failed: {reason}" + (f" ({detail})" if detail else "")
                              + (f"; pod: {why}" if why else ""))
     return False, "validation job completed without a result"

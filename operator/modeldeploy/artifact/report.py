@@ -31,23 +31,10 @@ def redactor(env: Mapping[str, str], uris: Iterable[str] = ()) -> Redactor:
     return Redactor.from_env(env, uris, extra_env=STORE_SECRET_ENV)
 
 
-class _Formatter(logging.Formatter):
-    def __init__(self, redact: Redactor) -> None:
-        super().__init__(f"{PREFIX}: %(message)s")
-        self._redact = redact
-
-    def format(self, record: logging.LogRecord) -> str:
-        return self._redact(super().format(record))
-
-
 def setup_logging(redact: Redactor, stream: TextIO | None = None) -> None:
     """Redacted lines on stderr, for this package and for the loader's pipeline it runs."""
     loader_report.setup_logging(redact, stream)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_Formatter(redact))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    loader_report.send_redacted(log, redact, PREFIX, stream)
 
 
 def encode(result: Mapping[str, Any], redact: Redactor) -> str:

@@ -54,21 +54,26 @@ class Redactor:
 
 
 class _RedactingFormatter(logging.Formatter):
-    def __init__(self, redact: Redactor) -> None:
-        super().__init__(f"{PREFIX}: %(message)s")
+    def __init__(self, redact: Redactor, prefix: str = PREFIX) -> None:
+        super().__init__(f"{prefix}: %(message)s")
         self._redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
         return self._redact(super().format(record))
 
 
+def send_redacted(logger: logging.Logger, redact: Redactor, prefix: str, stream: TextIO | None = None) -> None:
+    """`logger`'s lines, redacted and prefixed, on stderr only (what `kubectl logs` shows)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_RedactingFormatter(redact, prefix))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def setup_logging(redact: Redactor, stream: TextIO | None = None) -> None:
     """Send the loader's log lines, redacted, to stderr (what `kubectl logs` shows)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_RedactingFormatter(redact))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    send_redacted(log, redact, PREFIX, stream)
 
 
 def one_line(reason: str, redact: Redactor) -> str:

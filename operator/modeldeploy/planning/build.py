@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .. import timefmt
+from . import podstate
 from .termination import last_json_object
 
 CONDITION: Final = "ArtifactReady"
@@ -85,6 +86,11 @@ class BuildState:
         if self.ready:
             return True
         return False if self.failed else None
+
+
+def _waiting(pods: Iterable[Mapping[str, Any]]) -> str:
+    """Why a build pod does not run (ImagePullBackOff, Unschedulable, a missing Secret ...)."""
+    return podstate.waiting_reason(pods, ignore=("ContainerCreating",))
 
 
 def _short(text: str) -> str:
@@ -147,28 +153,6 @@ def _job_condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | Non
     return None
 
 
-def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == CONTAINER:
-            term = (cs.get("state") or {}).get("terminated") or ((cs.get("lastState") or {}).get("terminated"))
-            if term:
-                return term
-    return None
-
-
-def _waiting(pods: Iterable[Mapping[str, Any]]) -> str:
-    """Why a build pod does not run (ImagePullBackOff, Unschedulable, a missing Secret ...)."""
-    for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") and waiting["reason"] != "ContainerCreating":
-                return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
-        for cond in (pod.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                return f"{cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}".rstrip(": ")
-    return ""
-
-
 def _attempt(term: Mapping[str, Any]) -> tuple[int | None, str, bool]:
     """(exit code, what the builder said, transient) of one finished build container."""
     code = term.get("exitCode")
@@ -197,7 +181,7 @@ def from_job(revision: str, job: Mapping[str, Any], pods: Iterable[Mapping[str, 
     """The build of `revision` from its Job and the Job's pods (the newest finished pod speaks for it)."""
     name = (job.get("metadata") or {}).get("name", "")
     ordered = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
-    finished = [(p, t) for p in ordered if (t := _terminated(p)) is not None]
+    finished = [(p, t) for p in ordered if (t := podstate.terminated(p, CONTAINER)) is not None]
     complete, failed = _job_condition(job, "Complete"), _job_condition(job, "Failed")
     if complete is not None:
         for _, term in reversed(finished):

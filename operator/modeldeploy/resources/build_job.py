@@ -13,7 +13,6 @@ format, gate, invalid input) fail the Job at once; the others (75 transient, 77 
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Final
 
 from .. import constants as c
@@ -36,7 +35,6 @@ from .deployment import (
 CONTAINER: Final = "build"
 COMMAND: Final = ("python", "-m", "modeldeploy.artifact", "build")
 COMPONENT: Final = c.COMPONENT_BUILD  # app.kubernetes.io/component of the Job and its pod
-MAX_NAME_LENGTH: Final = 63  # the Job controller puts the name in the pods' job-name label
 TTL_AFTER_FINISHED_S: Final = 3600  # the result is read within seconds; an hour leaves time to debug
 ACTIVE_DEADLINE_S: Final = 3600  # a conversion and calibration of a large model; past that the build failed
 BACKOFF_LIMIT: Final = 4  # retries of transient failures (75, 77, 65, crashes) before the Job gives up
@@ -46,15 +44,7 @@ GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 
 def job_name(md_name: str, revision: str) -> str:
     """`<name>-build-<revision>`, shortened with a hash of the name when it would pass 63 characters."""
-    plain = f"{md_name}-build-{revision}"
-    if len(plain) <= MAX_NAME_LENGTH:
-        return plain
-    digest = hashlib.sha256(md_name.encode()).hexdigest()[:6]
-    tail = f"-{digest}-build-{revision}"
-    keep = MAX_NAME_LENGTH - len(tail)
-    if keep < 1:  # not with 10-character revisions; keeps the function total anyway
-        return f"b-{hashlib.sha256(plain.encode()).hexdigest()[: MAX_NAME_LENGTH - 2]}"
-    return md_name[:keep].rstrip("-") + tail
+    return labels.job_name(md_name, "build", revision)
 
 
 def source_scope(namespace: str, spec: ModelDeploymentSpec) -> str:

@@ -7,6 +7,7 @@ lives on Deployments and Services but never on pods, so promoting a canary resta
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from .. import constants as c
@@ -67,6 +68,26 @@ def build_pod_labels(md_name: str) -> dict[str, str]:
         c.LABEL_APP_COMPONENT: c.COMPONENT_BUILD,
         c.LABEL_BUILD_OF: md_name,
     }
+
+
+JOB_NAME_LENGTH = 63  # the Job controller puts the name in the pods' job-name label
+
+
+def job_name(md_name: str, kind: str, revision: str) -> str:
+    """`<name>-<kind>-<revision>`, shortened with a hash of the name when it would pass 63 characters.
+
+    ModelDeployment names may be 56 characters and revisions are 10, so the plain form can be 76:
+    the name part is cut and a digest of the whole name keeps two long names apart.
+    """
+    plain = f"{md_name}-{kind}-{revision}"
+    if len(plain) <= JOB_NAME_LENGTH:
+        return plain
+    digest = hashlib.sha256(md_name.encode()).hexdigest()[:6]
+    tail = f"-{digest}-{kind}-{revision}"
+    keep = JOB_NAME_LENGTH - len(tail)
+    if keep < 1:  # not with 10-character revisions; keeps the function total anyway
+        return f"{kind[0]}-{hashlib.sha256(plain.encode()).hexdigest()[: JOB_NAME_LENGTH - 2]}"
+    return md_name[:keep].rstrip("-") + tail
 
 
 def owner_reference(md_name: str, owner_uid: str) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from .deployment import CREDENTIAL_KEYS, Images, _container_security, _pod_secur
 
 CONTAINER: Final = "validate"
 COMMAND: Final = ("python", "-m", "modeldeploy.loader.validate")
-MAX_NAME_LENGTH: Final = 63  # the Job controller puts the name in the pods' job-name label
 TTL_AFTER_FINISHED_S: Final = 3600  # the verdict is read within seconds; an hour leaves time to debug
 ACTIVE_DEADLINE_S: Final = 600  # fetch + inference of a dataset; past that the Job fails (and the gate with it)
 COMPONENT: Final = "canary-validation"  # app.kubernetes.io/component of the Job and its pod
@@ -36,20 +35,8 @@ RESOURCES: Final = {
 
 
 def job_name(md_name: str, revision: str) -> str:
-    """`<name>-validate-<revision>`, shortened with a hash of the name when it would pass 63 characters.
-
-    ModelDeployment names may be 56 characters and revisions are 10, so the plain form can be 76:
-    the name part is cut and a digest of the whole name keeps two long names apart.
-    """
-    plain = f"{md_name}-validate-{revision}"
-    if len(plain) <= MAX_NAME_LENGTH:
-        return plain
-    digest = hashlib.sha256(md_name.encode()).hexdigest()[:6]
-    tail = f"-{digest}-validate-{revision}"
-    keep = MAX_NAME_LENGTH - len(tail)
-    if keep < 1:  # not with 10-character revisions; keeps the function total anyway
-        return f"v-{hashlib.sha256(plain.encode()).hexdigest()[: MAX_NAME_LENGTH - 2]}"
-    return md_name[:keep].rstrip("-") + tail
+    """`<name>-validate-<revision>`, shortened with a hash of the name when it would pass 63 characters."""
+    return labels.job_name(md_name, "validate", revision)
 
 
 def canary_url(md_name: str, namespace: str) -> str:
