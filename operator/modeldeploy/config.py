@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 METRICS_SOURCES = ("scrape", "prometheus")
-# The store the operator's build Jobs and serving pods use. A directory store (file:///, a PVC) works
-# with the artifact commands but the operator does not mount a claim into its pods yet.
-ARTIFACT_STORE_SCHEMES = ("s3://",)
+# The store the operator's build Jobs and serving pods use: an S3 bucket, or a PersistentVolumeClaim
+# of that name in each model namespace (pvc://CLAIM, mounted into the pods as a directory store).
+ARTIFACT_STORE_SCHEMES = ("s3://", "pvc://")
+_PVC_STORE = re.compile(r"pvc://[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 # Most bytes a model-loader fetches for one model (the loader's MD_MAX_DOWNLOAD_BYTES, which has
 # the same default); spec.model.source.maxBytes can only lower it. docs/loader-contract.md.
 DEFAULT_MAX_DOWNLOAD_BYTES = 10 * 2**30
@@ -86,8 +87,14 @@ class Settings:
         if self.artifact_store and not self.artifact_store.startswith(ARTIFACT_STORE_SCHEMES):
             raise ValueError(f"MD_ARTIFACT_STORE must start with {' or '.join(ARTIFACT_STORE_SCHEMES)} "
                              f"(or be empty: no build Jobs), not {self.artifact_store!r}")
+        if self.artifact_store.startswith("pvc://") and not _PVC_STORE.fullmatch(self.artifact_store):
+            raise ValueError(f"MD_ARTIFACT_STORE pvc://CLAIM names a PersistentVolumeClaim (no path after it), "
+                             f"not {self.artifact_store!r}")
         if self.artifact_store_endpoint and not self.artifact_store_endpoint.startswith(("http://", "https://")):
             raise ValueError("MD_ARTIFACT_STORE_ENDPOINT must start with http:// or https://")
+        if self.artifact_cache_url and self.artifact_store.startswith("pvc://"):
+            raise ValueError("MD_ARTIFACT_CACHE_URL (the node cache agent) needs an s3:// MD_ARTIFACT_STORE: "
+                             "pods of a pvc:// store read the claim directly")
         if self.artifact_cache_url and not self.artifact_cache_url.startswith(("http://", "https://")):
             raise ValueError("MD_ARTIFACT_CACHE_URL must start with http:// or https:// (the node cache agent), "
                              f"not {self.artifact_cache_url!r}")

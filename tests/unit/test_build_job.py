@@ -14,6 +14,7 @@ from modeldeploy.resources import build_job as bj
 from modeldeploy.resources.artifact_store import ArtifactStoreRef, store_env
 from modeldeploy.resources.deployment import ArtifactFetch, loader_env
 from tests.integration.invalid_specs import BASE_SPEC, apply_patch
+from tests.support import chart
 
 UID = "0b8c1f5e-3d7a-4f3e-9a51-6a1c2f0e9b11"
 IMAGES = Images(serving="registry.local/triton:1", loader="registry.local/loader:1",
@@ -178,6 +179,30 @@ def test_the_key_changes_only_the_init_container() -> None:
     assert a["spec"]["template"]["spec"]["containers"] == b["spec"]["template"]["spec"]["containers"]
 
 
+PVC_STORE = ArtifactStoreRef(uri="pvc://model-artifacts", secret="ignored-for-a-claim")
+
+
+def test_a_pvc_store_is_mounted_read_write_in_the_build_and_read_only_in_serving_pods() -> None:
+    build = _pod(_job(store=PVC_STORE))
+    (container,) = build["containers"]
+    assert _env(container)["MD_ARTIFACT_STORE"] == "file:///artifact-store"
+    assert not any(k.startswith("MD_STORE_") for k in _env(container))  # a claim has no credentials
+    assert {"name": "artifact-store", "mountPath": "/artifact-store", "readOnly": False} in container["volumeMounts"]
+    assert {"name": "artifact-store",
+            "persistentVolumeClaim": {"claimName": "model-artifacts", "readOnly": False}} in build["volumes"]
+    serving = _deployment(ArtifactFetch(key=KEY, store=PVC_STORE))["spec"]["template"]["spec"]
+    (init,) = serving["initContainers"]
+    assert _env(init)["MD_ARTIFACT_STORE"] == "file:///artifact-store"
+    assert {"name": "artifact-store", "mountPath": "/artifact-store", "readOnly": True} in init["volumeMounts"]
+    assert {"name": "artifact-store",
+            "persistentVolumeClaim": {"claimName": "model-artifacts", "readOnly": True}} in serving["volumes"]
+    # Triton never sees the store: only the fetch reads it
+    (triton,) = serving["containers"]
+    assert "artifact-store" not in {m["name"] for m in triton["volumeMounts"]}
+    # an S3 store mounts nothing
+    assert "artifact-store" not in {v["name"] for v in _pod(_job())["volumes"]}
+
+
 # ---------------------------------------------------------------- settings
 
 
@@ -187,10 +212,29 @@ def test_settings_default_off_and_read_from_the_environment() -> None:
                   "MD_ARTIFACT_STORE_ENDPOINT": "http://minio:9000"})
     assert s.artifacts_enabled and (s.artifact_store, s.artifact_store_secret, s.artifact_store_endpoint) == (
         "s3://artifacts", "s3-creds", "http://minio:9000")
+    assert from_env({"MD_ARTIFACT_STORE": "pvc://model-artifacts"}).artifacts_enabled
 
 
 @pytest.mark.parametrize("env", [{"MD_ARTIFACT_STORE": "artifacts"}, {"MD_ARTIFACT_STORE": "file:///artifacts"},
-                                 {"MD_ARTIFACT_STORE": "s3://a", "MD_ARTIFACT_STORE_ENDPOINT": "minio:9000"}])
+                                 {"MD_ARTIFACT_STORE": "s3://a", "MD_ARTIFACT_STORE_ENDPOINT": "minio:9000"},
+                                 {"MD_ARTIFACT_STORE": "pvc://claim/sub/dir"}, {"MD_ARTIFACT_STORE": "pvc://Claim"},
+                                 {"MD_ARTIFACT_STORE": "pvc://claim", "MD_ARTIFACT_CACHE_URL": "http://agent:8090"}])
 def test_settings_refuse_a_store_the_pods_cannot_use(env: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="MD_ARTIFACT_STORE"):
         from_env(env)
+
+
+@pytest.mark.skipif(chart.helm() is None, reason="helm is not cached (make binaries)")
+def test_the_chart_takes_a_pvc_store_and_keeps_the_node_cache_agent_to_s3_stores() -> None:
+    def operator_env(*sets: str) -> dict[str, str]:
+        (dep,) = chart.by_kind(chart.render(*sets), "Deployment")
+        return {e["name"]: e.get("value", "") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    agent = ("artifactCache.enabled=true", "artifactCache.store=s3://artifacts")
+    env = operator_env("artifacts.store=pvc://model-artifacts", *agent)
+    assert env["MD_ARTIFACT_STORE"] == "pvc://model-artifacts"
+    assert env["MD_ARTIFACT_CACHE_URL"] == ""  # pods of a claim read it directly
+    from_env(env)  # and the operator accepts what the chart gives it
+    assert operator_env("artifacts.store=s3://artifacts", *agent)["MD_ARTIFACT_CACHE_URL"].startswith("http://")
+    with pytest.raises(AssertionError, match="/artifacts/store"):  # the schema refuses a path after the claim
+        chart.render("artifacts.store=pvc://model-artifacts/sub")

@@ -80,9 +80,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/* Non-empty when serving pods of built revisions fetch through the node cache agent: the agent
-     runs (artifactCache.enabled) and the operator builds revisions (artifacts.store). */}}
+     runs (artifactCache.enabled) and the operator builds revisions into an S3 store (artifacts.store;
+     pods of a pvc:// store read the claim directly). */}}
 {{- define "modeldeploy.cacheAgentOn" -}}
-{{- if and (.Values.artifactCache).enabled (.Values.artifacts).store }}true{{ end -}}
+{{- if and (.Values.artifactCache).enabled (hasPrefix "s3://" ((.Values.artifacts).store | default "")) }}true{{ end -}}
 {{- end -}}
 
 {{/* MD_NETWORK_POLICY: the networkPolicy values and the operator's namespace, as one JSON document

@@ -18,7 +18,7 @@ from typing import Any, Final
 from .. import constants as c
 from ..api import ModelDeploymentSpec
 from . import labels
-from .artifact_store import ArtifactStoreRef, store_env
+from .artifact_store import ArtifactStoreRef, store_env, store_mounts, store_volumes
 from .deployment import (
     VOLUME_REPOSITORY,
     VOLUME_SOURCE,
@@ -85,6 +85,7 @@ def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: 
     ]
     if spec.model.source.pvc_claim:
         mounts.append({"name": VOLUME_SOURCE, "mountPath": c.SOURCE_MOUNT_PATH, "readOnly": True})
+    mounts += store_mounts(store, read_only=False)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
@@ -105,7 +106,8 @@ def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: 
         "securityContext": _pod_security(),
         "terminationGracePeriodSeconds": 10,
         "containers": [container],
-        "volumes": [v for v in _volumes(spec, images) if v["name"] in (VOLUME_REPOSITORY, VOLUME_TMP, VOLUME_SOURCE)],
+        "volumes": [*(v for v in _volumes(spec, images) if v["name"] in (VOLUME_REPOSITORY, VOLUME_TMP, VOLUME_SOURCE)),
+                    *store_volumes(store, read_only=False)],
     }
     if serving.node_selector:
         pod["nodeSelector"] = dict(serving.node_selector)

@@ -19,7 +19,7 @@ from .. import constants as c
 from ..api import ModelDeploymentSpec
 from ..config import DEFAULT_MAX_DOWNLOAD_BYTES
 from . import labels
-from .artifact_store import ArtifactStoreRef, store_env
+from .artifact_store import ArtifactStoreRef, store_env, store_mounts, store_volumes
 
 # Keys of spec.model.source.credentialsSecret handed to the loader (each optional in the Secret).
 CREDENTIAL_KEYS: Final = (
@@ -296,6 +296,7 @@ def _fetch_container(spec: ModelDeploymentSpec, images: Images, artifact: Artifa
         "volumeMounts": [
             {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH},
             {"name": VOLUME_TMP, "mountPath": "/tmp"},
+            *store_mounts(artifact.store, read_only=True),
         ],
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -388,7 +389,8 @@ def _pod_spec(md_name: str, spec: ModelDeploymentSpec, images: Images,
         "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + TRITON_EXIT_TIMEOUT_S + 5,
         "initContainers": [init],
         "containers": [_triton_container(spec, images, serving_image)],
-        "volumes": _volumes(spec, images, source=artifact is None),
+        "volumes": [*_volumes(spec, images, source=artifact is None),
+                    *(store_volumes(artifact.store, read_only=True) if artifact else [])],
         "topologySpreadConstraints": [
             {
                 "maxSkew": 1,
