@@ -300,13 +300,14 @@ def test_triton_container_command_ports_and_volumes() -> None:
     assert "sizeLimit" in volumes["tmp"]["emptyDir"]
 
 
-@pytest.mark.parametrize(("timeout", "failures"), [(600, 60), (10, 1), (95, 10), (86400, 8640)])
+@pytest.mark.parametrize(("timeout", "failures"), [(600, 600), (10, 10), (95, 95), (86400, 86400)])
 def test_probes(timeout: int, failures: int) -> None:
     triton = _container(_deployment({"serving": {"startupTimeoutSeconds": timeout}}), c.CONTAINER_SERVING)
     startup = triton["startupProbe"]
     assert startup["httpGet"] == {"path": "/v2/health/ready", "port": "http", "scheme": "HTTP"}
     assert startup["failureThreshold"] == failures
     assert startup["periodSeconds"] * startup["failureThreshold"] >= timeout
+    assert startup["periodSeconds"] == 1  # Ready within a second of Triton, not on a 10 s tick
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
 

@@ -32,7 +32,9 @@ CREDENTIAL_KEYS: Final = (
 UID: Final = 1000
 PRESTOP_SLEEP_S: Final = 10  # time for endpoint removal to reach every proxy before Triton stops
 TRITON_EXIT_TIMEOUT_S: Final = 30  # in-flight requests Triton finishes on SIGTERM
-STARTUP_PROBE_PERIOD_S: Final = 10
+# Every second: a pod whose model is cached or fetched in a second is Ready a second after Triton
+# is, not on the next 10 s tick (scale-ups and canaries wait on it). One local HTTP GET a second.
+STARTUP_PROBE_PERIOD_S: Final = 1
 LOAD_DEADLINE_S: Final = 600  # added to startupTimeoutSeconds for the loader's fetch/convert
 REVISION_HISTORY_LIMIT: Final = 2
 VOLUME_REPOSITORY: Final = "model-repository"
