@@ -32,6 +32,11 @@ _NETWORK_ERRORS: Final = (OSError, http.client.HTTPException)
 _DIRECT: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the agent is on this node: no proxy
 
 
+class AgentUnreachable(TransientFetchError):
+    """The agent did not answer or dropped the connection: asking it again for the next file of
+    this fetch would only add its timeout again."""
+
+
 class HttpReader:
     """ArtifactReader over the cache agent's HTTP endpoint (one try per request: the store is
     the retry)."""
@@ -59,7 +64,7 @@ class HttpReader:
             raise TransientFetchError(f"cache agent answered HTTP {e.code} for {url}") from None
         except (urllib.error.URLError, *_NETWORK_ERRORS) as e:
             reason = getattr(e, "reason", None) or e.__class__.__name__
-            raise TransientFetchError(f"cache agent at {self.base} unreachable: {reason}") from None
+            raise AgentUnreachable(f"cache agent at {self.base} unreachable: {reason}") from None
 
     def read_manifest(self, key: str) -> bytes | None:
         resp = self._get(manifest_name("", key))
@@ -69,7 +74,7 @@ class HttpReader:
             try:
                 return resp.read(MAX_MANIFEST_BYTES + 1)
             except _NETWORK_ERRORS as e:
-                raise TransientFetchError(f"cache agent at {self.base}: {e.__class__.__name__}") from None
+                raise AgentUnreachable(f"cache agent at {self.base}: {e.__class__.__name__}") from None
 
     def download(self, key: str, rel: str, dest: Path, size: int) -> Digest:
         resp = self._get(f"{check_key(key)}/model/{check_rel(rel)}")
@@ -83,7 +88,7 @@ class HttpReader:
                 try:
                     chunk = resp.read(min(CHUNK, size + 1 - written))
                 except _NETWORK_ERRORS as e:
-                    raise TransientFetchError(f"cache agent at {self.base}: {e.__class__.__name__}") from None
+                    raise AgentUnreachable(f"cache agent at {self.base}: {e.__class__.__name__}") from None
                 if not chunk:
                     break
                 h.update(chunk)
@@ -96,28 +101,37 @@ class FallbackReader:
     """Reads from `primary` (the cache agent) and from `fallback` (the store) when it fails.
 
     `from_cache` holds the files the cache delivered (whether they turned out right is the
-    caller's check)."""
+    caller's check). An agent that is unreachable once is not asked again in this fetch: a
+    dropped connection costs one timeout, not one per file."""
 
     def __init__(self, primary: ArtifactReader, fallback: ArtifactReader) -> None:
         self.primary, self.fallback = primary, fallback
         self.from_cache: set[str] = set()
+        self.primary_down = False
 
     def where(self, key: str) -> str:
         return self.fallback.where(key)
 
+    def _failed(self, e: LoaderError, what: str) -> None:
+        self.primary_down = isinstance(e, AgentUnreachable)
+        log.warning("node cache: %s; %s from the store instead%s", e, what,
+                    " (and the rest of this fetch)" if self.primary_down else "")
+
     def read_manifest(self, key: str) -> bytes | None:
-        try:
-            data = self.primary.read_manifest(key)
-        except LoaderError as e:
-            log.warning("node cache: %s; reading the store instead", e)
-            data = None
+        data = None
+        if not self.primary_down:
+            try:
+                data = self.primary.read_manifest(key)
+            except LoaderError as e:
+                self._failed(e, "reading the manifest")
         return data if data is not None else self.fallback.read_manifest(key)
 
     def download(self, key: str, rel: str, dest: Path, size: int) -> Digest:
-        try:
-            digest = self.primary.download(key, rel, dest, size)
-            self.from_cache.add(rel)
-            return digest
-        except LoaderError as e:
-            log.warning("node cache: %s; fetching %s from the store instead", e, rel)
+        if not self.primary_down:
+            try:
+                digest = self.primary.download(key, rel, dest, size)
+                self.from_cache.add(rel)
+                return digest
+            except LoaderError as e:
+                self._failed(e, f"fetching {rel}")
         return self.fallback.download(key, rel, dest, size)
