@@ -63,10 +63,11 @@ def test_an_unfinished_build_of_the_key_is_waited_for() -> None:
     assert again is not None and not again.new_result  # one Event per wait, the condition meanwhile
 
 
-def test_the_oldest_build_is_named_and_another_revision_of_the_same_model_counts() -> None:
-    jobs = [_job("zeta", "b", "r2", created="2026-12-02T11:59:30Z"), _job("ml", "digits", "r1")]
+def test_the_oldest_build_of_another_model_is_named() -> None:
+    jobs = [_job("zeta", "b", "r2", created="2026-12-02T11:59:30Z"), _job("alpha", "a", "r1"),
+            _job("ml", "digits", "r1", created="2026-12-02T11:00:00Z")]
     state = reuse.wait_for(KEY, jobs, revision="r2", namespace="ml", name="digits", now=NOW)
-    assert state is not None and state.awaits == ("ml", "digits") and "revision r1" in state.message
+    assert state is not None and state.awaits == ("alpha", "a") and "alpha/a (revision r1" in state.message
 
 
 def test_what_is_not_waited_for() -> None:
@@ -75,6 +76,7 @@ def test_what_is_not_waited_for() -> None:
 
     assert not waits()
     assert not waits(_job("team-b", "digits", "r9"))  # its own Job (the pass reads that one itself)
+    assert not waits(_job("team-b", "digits", "r1"))  # its older revision's: never recorded, nothing to reuse
     assert not waits(_job("team-a", "digits", "r1", key="digits-0000"))  # another key
     assert not waits(_job("team-a", "digits", "r1"), key=None)  # a key the operator cannot know
     assert not waits(_job("team-a", "digits", "r1", condition="Failed"))  # its owner fails or retries it

@@ -13,8 +13,8 @@ BuildState; builds.py reads the cluster and the reconciler acts on it:
   corrupt in the store; the record is dropped and the Job runs again, a bounded number of times
   (planning/rebuild.py).
 - **Building**: the Job runs; the revision's Deployment is not created yet.
-- **WaitingForBuild**: another ModelDeployment (or another revision of this one) has an unfinished
-  build Job for the same key: no second Job; its record is reused once it is there (planning/reuse.py).
+- **WaitingForBuild**: another ModelDeployment has an unfinished build Job for the same key: no
+  second Job; its record is reused once it is there (planning/reuse.py).
 - **BuildRetrying**: trouble retrying may fix (the store or source unreachable, the store
   refusing access, a corrupt stored copy, a pod killed): the Job controller retries with backoff,
   and after it gives up the operator starts a new Job. Never a failed revision.

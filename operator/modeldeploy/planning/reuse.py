@@ -19,9 +19,9 @@ Without a declared sha256 the key names the source by URI, version label and sco
 credentials Secret), exactly as the Job would: reuse then happens within that scope only.
 
 No record yet, but a build of the key under way: every build Job carries its key as the label
-`modeldeploy.io/artifact-key`. When another ModelDeployment (or another revision of this one) has
-an unfinished Job of the same key, no second Job starts: the revision waits
-(ArtifactReady=False/WaitingForBuild, naming that build) and reuses its record once it is there.
+`modeldeploy.io/artifact-key`. When another ModelDeployment has an unfinished Job of the same key,
+no second Job starts: the revision waits (ArtifactReady=False/WaitingForBuild, naming that build)
+and reuses its record once it is there.
 Two ModelDeployments of the same model created at the same moment are built once.
 """
 
@@ -179,9 +179,11 @@ def in_flight(jobs: Iterable[Mapping[str, Any]], key: str | None, now: dt.dateti
 
 def wait_for(key: str | None, jobs: Iterable[Mapping[str, Any]], *, revision: str, namespace: str, name: str,
              now: dt.datetime, told: str = "") -> BuildState | None:
-    """WaitingForBuild when another revision's unfinished Job builds `key` (this revision starts no
-    Job of its own), else None. `told`: the ArtifactReady reason status holds (one Event per wait)."""
-    others = [f for f in in_flight(jobs, key, now) if (f.namespace, f.name, f.revision) != (namespace, name, revision)]
+    """WaitingForBuild when another ModelDeployment's unfinished Job builds `key` (this revision starts
+    no Job of its own), else None. Not for this ModelDeployment's other revisions: only the current
+    revision's build is ever recorded, so an older revision's Job would leave nothing to reuse.
+    `told`: the ArtifactReady reason status holds (one Event per wait)."""
+    others = [f for f in in_flight(jobs, key, now) if (f.namespace, f.name) != (namespace, name)]
     if not others:
         return None
     other = others[0]
