@@ -23,13 +23,13 @@ py=$root/.venv/bin/python
 log() { printf '[converter-image] %s\n' "$*" >&2; }
 mkdir -p "$cache" "$(dirname "$out")"
 
-# 1. The operator image's root filesystem, which hack/images/operator-image.sh leaves in its cache.
-base_cache=$caches/images/operator
+# 1. The operator image's root filesystem, built for this image in a directory of its own (two
+#    checkouts building at once must not get each other's operator code).
+base_cache=$(mktemp -d "$cache/base.XXXXXX")
+trap 'rm -rf "$base_cache"' EXIT
+log "the operator image's root filesystem (the base layer)"
+ROOTFS_ONLY=$base_cache "$root/hack/images/operator-image.sh" >&2
 base=$base_cache/rootfs
-if [ ! -d "$base/usr/local/lib/python3.11/dist-packages/modeldeploy" ] || [ ! -f "$base_cache/config.json" ]; then
-  log "building the operator image first (its root filesystem is the base layer)"
-  "$root/hack/images/operator-image.sh" >&2
-fi
 base_site=$base/usr/local/lib/python3.11/dist-packages
 version_in_base() {  # DIST: the version installed in the base, so the layer installs the same one
   local info; info=$(ls -d "$base_site/$1"-*.dist-info | head -1)

@@ -23,8 +23,7 @@ serving_inputs=(serving-image/build.sh serving-image/Dockerfile.cpu serving-imag
                 hack/triton hack/localcluster/oci.py)
 operator_inputs=(operator/modeldeploy pyproject.toml hack/images hack/localcluster/oci.py)
 if [[ "${1:-}" == "--converter" ]]; then  # the converter image (~4.5 GB) only for those who need it
-  # operator image + torch, on the operator image's root filesystem (left in the cache by its build)
-  build_if_changed out/modeldeploy-operator.tar hack/images/operator-image.sh "${operator_inputs[@]}" >/dev/null
+  # operator image + torch: its own build of the operator image's root filesystem as the base
   build_if_changed out/modeldeploy-converter.tar serving-image/build-converter.sh "${operator_inputs[@]}" \
     serving-image/build-converter.sh
   exit 0

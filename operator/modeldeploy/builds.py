@@ -8,7 +8,8 @@ planning/build.py turns into a BuildState. Once the artifact is recorded in stat
 never read again. Reads of the Job go to the API server, and only while a revision builds.
 
 No Job when another ModelDeployment (or another revision of this one) already records the key the
-Job would compute (planning/reuse.py), and a new one when serving pods find the recorded copy gone
+Job would compute (planning/reuse.py), nor while another one's unfinished Job builds that key (it
+waits, and reuses that record once it is there), and a new one when serving pods find the recorded copy gone
 or corrupt in the store (planning/rebuild.py, bounded).
 """
 
@@ -18,17 +19,18 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from . import api
 from .config import Settings
 from .kube import events
-from .kube.client import Conflict, Kube, NotFound
+from .kube.client import Conflict, Forbidden, Kube, NotFound
 from .planning import build, rebuild, reuse
 from .planning.build import BuildState
 from .resources.artifact_store import ArtifactStoreRef
-from .resources.build_job import build_build_job, job_name
+from .resources.build_job import build_build_job, build_env, job_name
 from .resources.deployment import Images
 from .resources.networkpolicy import build_policy_name
 
@@ -58,6 +60,9 @@ class Builder:
     def __init__(self, kube: Kube, settings: Settings) -> None:
         self.kube = kube
         self.settings = settings
+        self._starting = threading.Lock()  # looking for a build of the key under way, then starting one
+        self._guard = threading.Lock()
+        self._waiting: dict[tuple[str, str], tuple[str, str]] = {}  # waiter -> whose build it waits for
 
     @property
     def enabled(self) -> bool:
@@ -105,18 +110,7 @@ class Builder:
             return BuildState(build.Reason.BUILD_RETRYING, f"revision {revision}: waiting for the old build Job "
                                                             f"{name} to go before a new one starts")
         if job is None:
-            new_job = build_build_job(meta["name"], namespace, meta["uid"], spec, revision, images, self.store())
-            if not rebuilds:  # after a rebuild, other records of the key may describe the same lost copy
-                env = new_job["spec"]["template"]["spec"]["containers"][0]["env"]
-                found = reuse.decide(env, custom_image=bool(spec.serving.loader_image), revision=revision,
-                                     namespace=namespace, name=meta["name"], models=models(), now=now)
-                if found is not None:
-                    return found
-            if not fenced():
-                return BuildState(build.Reason.BUILDING, f"revision {revision}: waiting for NetworkPolicy "
-                                                          f"{build_policy_name(meta['name'])} before the build Job "
-                                                          f"{name} starts")
-            return self._start(md, new_job, revision)
+            return self._reuse_wait_or_start(md, spec, revision, previous, images, now, models, fenced, rebuilds)
         if not _owned_by(job, meta["uid"]):  # a deleted ModelDeployment's, left to the garbage collector
             return BuildState(build.Reason.BUILDING, f"revision {revision}: Job {name} belongs to another owner; "
                                                       "waiting for it to go")
@@ -129,6 +123,65 @@ class Builder:
             log.info("%s/%s: build Job %s gave up on transient trouble; replacing it", namespace, meta["name"], name)
             self._delete_job(job)
         return state
+
+    def _reuse_wait_or_start(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, revision: str,
+                             previous: Mapping[str, Any], images: Images, now: dt.datetime,
+                             models: Callable[[], Iterable[Mapping[str, Any]]], fenced: Callable[[], bool],
+                             rebuilds: int) -> BuildState:
+        """No Job of the revision yet: reuse a record of its key, else wait for another revision's
+        unfinished build of the key, else start the Job. Looking for a build under way and starting
+        one happen under one lock, so two passes of the same key (two ModelDeployments created at
+        the same moment) start one Job: the second pass finds the first's."""
+        meta = md["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        key = reuse.job_key(build_env(namespace, spec, images, self.store()),  # the Job's container env
+                            custom_image=bool(spec.serving.loader_image))
+        new_job = build_build_job(name, namespace, meta["uid"], spec, revision, images, self.store(),
+                                  key_labels=reuse.key_labels(key))
+        if not rebuilds:  # after a rebuild, other records of the key may describe the same lost copy
+            source = reuse.find(key, reuse.records(models()), namespace, name)
+            if source is not None:
+                self._stop_waiting(namespace, name)
+                return reuse.reused(revision, source, now)
+        with self._starting:
+            if not rebuilds and reuse.key_labels(key):
+                told = next((str(c.get("reason", "")) for c in previous.get("conditions") or ()
+                             if c.get("type") == build.CONDITION), "")
+                waiting = reuse.wait_for(key, self._jobs_of(key), revision=revision, namespace=namespace,
+                                         name=name, now=now, told=told)
+                if waiting is not None:
+                    with self._guard:
+                        if waiting.awaits is not None:
+                            self._waiting[(namespace, name)] = waiting.awaits
+                    return waiting
+            self._stop_waiting(namespace, name)
+            if not fenced():
+                return BuildState(build.Reason.BUILDING, f"revision {revision}: waiting for NetworkPolicy "
+                                                          f"{build_policy_name(name)} before the build Job "
+                                                          f"{new_job['metadata']['name']} starts")
+            return self._start(md, new_job, revision)
+
+    def _jobs_of(self, key: str | None) -> list[dict[str, Any]]:
+        """The build Jobs labelled with `key` in every watched namespace (API reads: Jobs are not
+        cached; only when a Job would start). A namespace that refuses the LIST shows none."""
+        out: list[dict[str, Any]] = []
+        for namespace in list(self.settings.namespaces) or [None]:
+            with contextlib.suppress(Forbidden, NotFound):
+                out.extend(self.kube.list("Job", namespace, reuse.key_labels(key)))
+        return out
+
+    def _stop_waiting(self, namespace: str, name: str) -> None:
+        with self._guard:
+            self._waiting.pop((namespace, name), None)
+
+    def waiters_of(self, namespace: str, name: str) -> list[tuple[str, str]]:
+        """The ModelDeployments waiting for the build of `namespace/name` (their next pass reuses its
+        record, or starts their own Job if it failed); forgotten once returned."""
+        with self._guard:
+            found = [waiter for waiter, awaited in self._waiting.items() if awaited == (namespace, name)]
+            for waiter in found:
+                del self._waiting[waiter]
+        return found
 
     def _remove_job(self, namespace: str, name: str, owner_uid: str) -> None:
         """Delete the revision's finished build Job, if it is still there (its TTL may have taken it)."""

@@ -25,6 +25,9 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 # On a build Job's pod only: the ModelDeployment it builds for (never LABEL_NAME, which Services and
 # the PDB select on), so that the `<name>-build` NetworkPolicy selects exactly its build pods.
 LABEL_BUILD_OF: Final = f"{GROUP}/build-of"
+# On a build Job only: the artifact key the operator computed for it (planning/reuse.py), so that a
+# pass about to start another build of that key finds this one and waits for its record instead.
+LABEL_ARTIFACT_KEY: Final = f"{GROUP}/artifact-key"
 MANAGED_BY: Final = "modeldeploy"
 
 # Annotations users set to steer a rollout by hand.

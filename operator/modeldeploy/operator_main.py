@@ -59,6 +59,7 @@ def run_operator(settings: Settings) -> int:
             telemetry.QUEUE_DEPTH.set(queue.depth() - 1)  # this pass still counts until it returns
 
     queue = WorkQueue(one_pass, workers=PASS_WORKERS)
+    reconciler.wake = queue.add  # a build's record wakes the models that waited for it
 
     def queue_everything() -> None:
         for md in resync.all_models(cache):

@@ -100,6 +100,7 @@ class Reconciler:
         self.cache: WatchCache | None = None  # set by use_cache(): passes then read from the watches
         self.reader: Reader = kube
         self.is_leader: Callable[[], bool] = lambda: True  # only the leader replica writes
+        self.wake: Callable[[str, str], None] = lambda namespace, name: None  # queue another model's pass
         self._guard = threading.Lock()
         self._state: dict[tuple[str, str], str] = {}  # key -> "running" | "pending"
         self._failures: dict[tuple[str, str], int] = {}  # consecutive failed passes, for the backoff
@@ -310,6 +311,9 @@ class Reconciler:
         # Conflict: nothing changed yet, the pass is retried on fresh state.
         written = self._write_status(md, previous, desired_status)
         version = written or meta.get("resourceVersion", "")
+        if build is not None and build.new_result and build.reason != build_plan.Reason.WAITING:
+            for waiter in self.builder.waiters_of(namespace, name):  # its record (or failure) is in status now
+                self.wake(*waiter)
         if written is None and not fresh and self._children_change(children, live, conflicts, current, plan,
                                                                     observed):
             self._confirm_current(md)  # Conflict: the cache was behind; nothing written, retried fresh

@@ -64,6 +64,8 @@ MUST_RUN: dict[str, str] = {
     "tests/unit/test_cacheagent_chart.py": "helm",
     "tests/e2e/test_built_revisions.py": "the real node, MinIO, Triton and the chart's artifact store",
     "tests/e2e/test_built_revisions_pvc.py": "the real node, a PersistentVolume and Triton",
+    "tests/e2e/test_built_revisions_faults.py": "the real node, MinIO (stopped and started), Triton and the chart's "
+                                                "artifact store",
     "tests/e2e/test_node_cache.py": "the real node, MinIO, Triton and the chart's node cache agent",
     "tests/unit/test_node_cache_wiring.py": "helm",
     "tests/integration/test_leader_election.py": "the API server, the chart's Lease Role",

@@ -13,6 +13,8 @@ BuildState; builds.py reads the cluster and the reconciler acts on it:
   corrupt in the store; the record is dropped and the Job runs again, a bounded number of times
   (planning/rebuild.py).
 - **Building**: the Job runs; the revision's Deployment is not created yet.
+- **WaitingForBuild**: another ModelDeployment has an unfinished build Job for the same key: no
+  second Job; its record is reused once it is there (planning/reuse.py).
 - **BuildRetrying**: trouble retrying may fix (the store or source unreachable, the store
   refusing access, a corrupt stored copy, a pod killed): the Job controller retries with backoff,
   and after it gives up the operator starts a new Job. Never a failed revision.
@@ -50,6 +52,7 @@ class Reason:
     BUILD_RETRYING = "BuildRetrying"
     REBUILD = "ArtifactRebuild"  # pods found the stored copy gone or corrupt: built again
     REBUILD_LIMIT = "RebuildLimitReached"  # ... too often: not rebuilt again for this revision
+    WAITING = "WaitingForBuild"  # another ModelDeployment's unfinished Job builds the same key: no second Job
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class BuildState:
     new_result: bool = False  # an outcome read from the Job in this pass (not yet in status): one Event
     rebuilds: int = 0  # status.revisions[].artifactRebuilds: times the recorded artifact was dropped
     rebuild: bool = False  # drop the recorded artifact and its finished Job: the next pass builds again
+    awaits: tuple[str, str] | None = None  # WaitingForBuild: the (namespace, name) whose build it waits for
 
     @property
     def ready(self) -> bool:
@@ -80,8 +84,9 @@ class BuildState:
 
     def condition_status(self) -> bool | None:
         """ArtifactReady: True once recorded (unless pods keep finding it broken past the rebuild
-        limit), False when the build failed, Unknown meanwhile."""
-        if self.reason == Reason.REBUILD_LIMIT:
+        limit), False when the build failed or another ModelDeployment's Job builds it, Unknown
+        meanwhile."""
+        if self.reason in (Reason.REBUILD_LIMIT, Reason.WAITING):
             return False
         if self.ready:
             return True
@@ -168,7 +173,7 @@ def _attempt(term: Mapping[str, Any]) -> tuple[int | None, str, bool]:
     return code, said, transient
 
 
-def _age(cond: Mapping[str, Any], now: dt.datetime) -> float:
+def age(cond: Mapping[str, Any], now: dt.datetime) -> float:
     raw = cond.get("lastTransitionTime") or ""
     try:
         when = dt.datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
@@ -202,7 +207,7 @@ def from_job(revision: str, job: Mapping[str, Any], pods: Iterable[Mapping[str, 
             failure = _short(f"build failed: {last[1]}")
             return BuildState(Reason.BUILD_FAILED, f"revision {revision}: {failure}", failure=failure, new_result=True)
         detail = last[1] if last else (_waiting(ordered) or failed.get("message") or why)
-        replace = _age(failed, now) >= RETRY_AFTER_SECONDS
+        replace = age(failed, now) >= RETRY_AFTER_SECONDS
         return BuildState(Reason.BUILD_RETRYING, _short(
             f"revision {revision}: build Job {name} gave up ({why}): {detail}; "
             f"a new build starts {'now' if replace else f'{RETRY_AFTER_SECONDS:.0f}s after it gave up'}"),

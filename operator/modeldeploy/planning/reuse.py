@@ -17,22 +17,30 @@ Job's pod sees:
 - settings the builder would refuse (it fails with its own message, as before).
 Without a declared sha256 the key names the source by URI, version label and scope (namespace and
 credentials Secret), exactly as the Job would: reuse then happens within that scope only.
+
+No record yet, but a build of the key under way: every build Job carries its key as the label
+`modeldeploy.io/artifact-key`. When another ModelDeployment has an unfinished Job of the same key,
+no second Job starts: the revision waits (ArtifactReady=False/WaitingForBuild, naming that build)
+and reuses its record once it is there.
+Two ModelDeployments of the same model created at the same moment are built once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .. import timefmt
+from .. import constants, timefmt
 from ..artifact.key import artifact_key
 from ..artifact.options import build_options
 from ..loader.errors import LoaderError
-from .build import BuildState, Reason
+from .build import RETRY_AFTER_SECONDS, BuildState, Reason, age
 
 _SECRET_FREE_PREFIXES: Final = ("MD_STORE_",)  # the store's credentials: not inputs of the key
+_LABEL_VALUE: Final = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -106,3 +114,80 @@ def decide(env: Iterable[Mapping[str, Any]], *, custom_image: bool, revision: st
     """The revision's build reused from a known record, or None: start the Job as before."""
     source = find(job_key(env, custom_image=custom_image), records(models), namespace, name)
     return None if source is None else reused(revision, source, now)
+
+
+# ---------------------------------------------------------------- a build of the key under way
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """An unfinished build Job of a key, and the ModelDeployment revision it builds for."""
+
+    namespace: str
+    name: str
+    revision: str
+    job: str
+    created: str
+
+    @property
+    def owner(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def key_labels(key: str | None) -> dict[str, str]:
+    """The label a build Job of `key` carries; none when the key is unknown or not a label value."""
+    return {constants.LABEL_ARTIFACT_KEY: key} if key and _LABEL_VALUE.match(key) else {}
+
+
+def _done(job: Mapping[str, Any], now: dt.datetime) -> bool:
+    """Whether the Job is over for a waiter: failed, or complete long enough ago that its owner has
+    recorded the result (a pass reads a finished Job at once; meanwhile the record is on its way)."""
+    for cond in (job.get("status") or {}).get("conditions") or ():
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Failed":
+            return True
+        if cond.get("type") == "Complete":
+            return age(cond, now) >= RETRY_AFTER_SECONDS
+    return False
+
+
+def _owned_by_a_model(job: Mapping[str, Any]) -> bool:
+    return any(ref.get("kind") == constants.KIND and ref.get("controller")
+               for ref in (job.get("metadata") or {}).get("ownerReferences") or ())
+
+
+def in_flight(jobs: Iterable[Mapping[str, Any]], key: str | None, now: dt.datetime) -> list[InFlight]:
+    """The build Jobs of `key` still running (or retrying, or just complete: their record is on its
+    way), oldest first: labelled with the key, controlled by a ModelDeployment, not failed, not
+    being deleted."""
+    if not key_labels(key):
+        return []
+    out = []
+    for job in jobs:
+        meta = job.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if labels.get(constants.LABEL_ARTIFACT_KEY) != key or meta.get("deletionTimestamp") or _done(job, now):
+            continue
+        if not _owned_by_a_model(job):
+            continue
+        out.append(InFlight(str(meta.get("namespace", "")), str(labels.get(constants.LABEL_NAME, "")),
+                            str(labels.get(constants.LABEL_REVISION, "")), str(meta.get("name", "")),
+                            str(meta.get("creationTimestamp") or "")))
+    return sorted(out, key=lambda f: (f.created, f.namespace, f.name, f.revision))
+
+
+def wait_for(key: str | None, jobs: Iterable[Mapping[str, Any]], *, revision: str, namespace: str, name: str,
+             now: dt.datetime, told: str = "") -> BuildState | None:
+    """WaitingForBuild when another ModelDeployment's unfinished Job builds `key` (this revision starts
+    no Job of its own), else None. Not for this ModelDeployment's other revisions: only the current
+    revision's build is ever recorded, so an older revision's Job would leave nothing to reuse.
+    `told`: the ArtifactReady reason status holds (one Event per wait)."""
+    others = [f for f in in_flight(jobs, key, now) if (f.namespace, f.name) != (namespace, name)]
+    if not others:
+        return None
+    other = others[0]
+    return BuildState(Reason.WAITING, f"revision {revision}: artifact {key} is being built by ModelDeployment "
+                                      f"{other.owner} (revision {other.revision}, build Job {other.job}); waiting "
+                                      "for its record instead of starting a second build",
+                      new_result=told != Reason.WAITING, awaits=(other.namespace, other.name))

@@ -126,6 +126,7 @@ def build_build_job(
     revision: str,
     images: Images,
     store: ArtifactStoreRef,
+    key_labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """batch/v1 Job `<name>-build-<revision>`, owned by the ModelDeployment.
 
@@ -133,9 +134,12 @@ def build_build_job(
     deliberately carries neither: Services and the PDB select serving pods by the name label, and
     a build pod must never receive traffic or count as a serving pod of the revision. The pod's
     labels (labels.build_pod_labels: the component and `modeldeploy.io/build-of: <name>`) are what
-    the `<name>-build` NetworkPolicy selects (resources/networkpolicy.py).
+    the `<name>-build` NetworkPolicy selects (resources/networkpolicy.py). `key_labels`: the
+    artifact key the operator computed, on the Job only (planning/reuse.key_labels), so that another
+    ModelDeployment of the same key waits for this build instead of starting its own.
     """
-    job_labels = {**labels.common_labels(md_name), c.LABEL_REVISION: revision, c.LABEL_APP_COMPONENT: COMPONENT}
+    job_labels = {**labels.common_labels(md_name), c.LABEL_REVISION: revision, c.LABEL_APP_COMPONENT: COMPONENT,
+                  **(key_labels or {})}
     pod_labels = labels.build_pod_labels(md_name)
     meta = labels.object_meta(job_name(md_name, revision), namespace, md_name, owner_uid, job_labels)
     return {
