@@ -159,9 +159,12 @@ def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def _waiting(pods: Iterable[Mapping[str, Any]]) -> str:
     """Why a build pod does not run (ImagePullBackOff, Unschedulable, a missing Secret ...)."""
     for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        status = pod.get("status") or {}
+        # the gate's Triton (an int8 build's sidecar) first: while it cannot start (ImagePullBackOff
+        # of the serving image), the builder only says PodInitializing
+        for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
             waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") and waiting["reason"] != "ContainerCreating":
+            if waiting.get("reason") and waiting["reason"] not in ("ContainerCreating", "PodInitializing"):
                 return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
         for cond in (pod.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
