@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.cluster import ClusterHandle, wait_for
+from tests.support.serving_models import linear_onnx
 from tests.support.stack import prepare
 
 pytestmark = pytest.mark.e2e
@@ -251,3 +254,54 @@ def test_a_second_model_deployment_of_the_same_model_never_creates_a_build_job(
     fetched = _fetch_result(pod)
     assert fetched["result"] == "fetched" and fetched["key"] == artifact["key"]
     assert _served_sha256(real_cluster, NS2, pod["metadata"]["name"]) == artifact["modelSha256"]
+
+
+def test_an_int8_build_times_its_gates_through_the_serving_triton(real_cluster: ClusterHandle,
+                                                                 built: dict[str, Any]) -> None:
+    """Issue 14 item 6: an int8 revision's build Job runs the serving image's Triton beside the builder
+    (a native sidecar holding the serving container's GPU), both gates run through it, the Job
+    completes when the builder exits, and status says the numbers came from Triton."""
+    name, uri = "wide", "s3://models/wide/1/model.onnx"
+    with tempfile.TemporaryDirectory() as tmp:
+        linear_onnx(Path(tmp) / "wide.onnx", features=2048, classes=1024)  # int8 pays off through Triton
+        model = (Path(tmp) / "wide.onnx").read_bytes()
+    built["store"].put(uri, model)
+    spec = _spec(hashlib.sha256(model).hexdigest(), 1)
+    spec["metadata"]["name"] = name
+    spec["spec"]["model"].update(name=name, source={**spec["spec"]["model"]["source"], "uri": uri},
+                                 optimization={"quantize": "int8", "minAgreement": 0.9})
+    real_cluster.apply(spec, NS)
+
+    def ready() -> dict[str, Any] | None:
+        md = real_cluster.kubectl_json("get", MD, name, "-n", NS)
+        st = md.get("status", {})
+        assert st.get("phase") != "Failed", st.get("message")
+        return md if st.get("phase") == "Ready" and st.get("readyReplicas") == 1 else None
+
+    md = wait_for(ready, 600, interval=2, message=f"{name} Ready")
+    artifact = _artifact(md)
+    assert artifact["quantized"] is True
+    gates = artifact["gates"]
+    assert gates["timedBy"] == "triton" and gates["speedup"] > 1.0 and gates["agreement"] >= 0.9, gates
+    (job,) = _jobs(real_cluster, NS, name)
+    assert job["status"].get("succeeded") == 1
+    (pod,) = real_cluster.kubectl_json("get", "pods", "-n", NS, "-l",
+                                       f"batch.kubernetes.io/job-name={job['metadata']['name']}")["items"]
+    assert pod["status"]["phase"] == "Succeeded"
+    (gate,) = pod["spec"]["initContainers"]
+    serving_pod = real_cluster.kubectl_json("get", "pods", "-n", NS, "-l", f"modeldeploy.io/name={name}")["items"][0]
+    triton = next(c for c in serving_pod["spec"]["containers"] if c["name"] == "triton")
+    assert gate["name"] == "gate-triton" and gate["restartPolicy"] == "Always" and gate["image"] == triton["image"]
+    assert gate["resources"]["limits"]["nvidia.com/gpu"] == triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    (build,) = pod["spec"]["containers"]
+    assert "nvidia.com/gpu" not in json.dumps(build.get("resources", {}))
+    said = json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"].splitlines()[-1])
+    assert said["result"] == "built" and said["gates"]["timedBy"] == "triton"
+    # the sidecar ran and was stopped after the builder; Triton loaded and ran both gate models
+    (sidecar,) = pod["status"]["initContainerStatuses"]
+    assert "terminated" in sidecar["state"], sidecar
+    log = real_cluster.kubectl("logs", "-n", NS, pod["metadata"]["name"], "-c", "gate-triton").stdout
+    for gate_model in ("modeldeploy-gate-fp32", "modeldeploy-gate-int8"):
+        assert f"successfully loaded '{gate_model}'" in log, log[-3000:]
+    builder_log = real_cluster.kubectl("logs", "-n", NS, pod["metadata"]["name"], "-c", "build").stdout
+    print(f"\n{name}: " + next((line for line in builder_log.splitlines() if "int8 check on" in line), "?"))

@@ -33,7 +33,7 @@ from modeldeploy.artifact.store import ArtifactStore, store_env
 from modeldeploy.artifact.transfer import stored_problems
 from modeldeploy.loader import sigv4
 from modeldeploy.loader.fetch import FetchOptions, S3Client
-from tests.support.serving import free_port
+from tests.support.serving import free_port, running_gate, triton_install
 from tests.support.serving_models import linear_onnx
 from tests.support.serving_s3 import S3Server, running_minio
 
@@ -327,6 +327,67 @@ def test_int8_build_records_the_gates_numbers(tmp_path: Path) -> None:
     assert 'string_value: "int8"' in (root / built["key"] / "model" / "config.pbtxt").read_text()
     code, reused = run(tmp_path / "b2", "build", env)
     assert code == 0 and reused["result"] == "reused" and reused["gates"] == gates  # the build's numbers
+
+
+def test_int8_build_timed_through_the_gate_triton_records_it(tmp_path: Path) -> None:
+    """Issue 14 item 6: the build Job's int8 gates run through the serving image's Triton beside the
+    builder (here the real CPU tritonserver 2.51 with the sidecar's own flags and the python-onnx
+    backend, as on the CPU cluster), not onnxruntime in the builder; status says so."""
+    # large enough that int8's gain shows through HTTP and the python backend's per-request cost
+    linear_onnx(tmp_path / "wide.onnx", features=2048, classes=1024)
+    root = tmp_path / "pvc"
+    repo = tmp_path / "b" / "repo"  # the build's repository is the gate Triton's, as in the pod
+    repo.mkdir(parents=True)
+    env = {**dir_env(tmp_path, (tmp_path / "wide.onnx").read_bytes(), root), "MD_MAX_BATCH_SIZE": "32",
+           "MD_QUANTIZE": "int8", "MD_MIN_AGREEMENT": "0.9", "MD_BACKEND": "python-onnx",
+           "MD_RUNNER_SYS_PATH": triton_install().stub_site}
+    with running_gate(repo, tmp_path / "gate-triton.log") as triton:
+        gate_env = {**env, "MD_GATE_TRITON_URL": f"http://{triton.http_url}", "MD_GATE_REPOSITORY": str(repo)}
+        code, built = run(tmp_path / "b", "build", gate_env)
+        unloaded = [f"successfully unloaded '{n}'" for n in ("modeldeploy-gate-fp32", "modeldeploy-gate-int8")]
+        deadline = time.monotonic() + 30  # Triton finishes an unload after answering the request
+        while not all(u in triton.log() for u in unloaded) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log = triton.log()
+    assert code == 0 and built["result"] == "built" and built["quantized"] is True, built
+    gates = built["gates"]
+    assert gates["timedBy"] == "triton"
+    assert gates["samples"] == 256 and gates["origin"] == "generated inputs" and gates["agreement"] >= 0.9
+    assert gates["fp32Seconds"] > 0 and gates["int8Seconds"] > 0
+    assert gates["speedup"] > 1.0 and gates["int8Seconds"] < gates["fp32Seconds"]  # the speed gate passed
+    # Triton itself loaded (batches of at most maxBatchSize 32: the gate's 64 went as two requests)
+    # and unloaded both gate models, with the config the serving pods get
+    for name in ("modeldeploy-gate-fp32", "modeldeploy-gate-int8"):
+        assert f"successfully loaded '{name}'" in log and f"successfully unloaded '{name}'" in log, log[-3000:]
+    assert sorted(p.name for p in repo.iterdir() if not p.name.startswith(".")) == ["linear"]  # gate models gone
+    manifest = Manifest.from_json((root / built["key"] / "manifest.json").read_bytes())
+    assert manifest.gates is not None and manifest.gates.timed_by == "triton" and manifest.gates.to_json() == gates
+    # the same build without the gate Triton: onnxruntime on this CPU, and the same key (the device is)
+    code, reused = run(tmp_path / "b2", "build", env)
+    assert code == 0 and reused["result"] == "reused" and reused["gates"]["timedBy"] == "triton"
+    (tmp_path / "pvc2").mkdir()
+    code, local = run(tmp_path / "b3", "build", {**env, "MD_ARTIFACT_STORE": f"file://{tmp_path / 'pvc2'}"})
+    assert code == 0 and local["result"] == "built" and local["gates"]["timedBy"] == "onnxruntime-cpu"
+
+
+def test_a_gate_model_the_serving_triton_cannot_load_refuses_int8(tmp_path: Path) -> None:
+    """The gate's Triton is the serving image's: a model it cannot load (here a config for the
+    onnxruntime backend, which this CPU Triton does not have) is refused at build time, with
+    Triton's reason, rather than published for serving pods that would fail to load it."""
+    linear_onnx(tmp_path / "wide.onnx", features=64, classes=16)
+    root = tmp_path / "pvc"
+    repo = tmp_path / "b" / "repo"
+    repo.mkdir(parents=True)
+    env = {**dir_env(tmp_path, (tmp_path / "wide.onnx").read_bytes(), root), "MD_MAX_BATCH_SIZE": "32",
+           "MD_QUANTIZE": "int8", "MD_MIN_AGREEMENT": "0.5", "MD_BACKEND": "onnxruntime"}
+    with running_gate(repo, tmp_path / "gate-triton.log") as triton:
+        gate_env = {**env, "MD_GATE_TRITON_URL": f"http://{triton.http_url}", "MD_GATE_REPOSITORY": str(repo)}
+        code, failed = run(tmp_path / "b", "build", gate_env)
+    assert code == 1 and failed["transient"] is False, failed
+    assert failed["reason"].startswith("Triton could not load the gate's model modeldeploy-gate-fp32: "), failed
+    assert "onnxruntime" in failed["reason"]
+    assert list(root.iterdir()) == []  # nothing published
+    assert [p.name for p in repo.iterdir() if not p.name.startswith(".")] == []  # gate models removed
 
 
 def test_deterministic_failures_keep_the_loaders_codes_and_store_nothing(tmp_path: Path) -> None:

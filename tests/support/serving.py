@@ -67,9 +67,9 @@ class TritonServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def _ready(port: int) -> bool:
+def _ready(port: int, path: str = "/v2/health/ready") -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
             return r.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
@@ -121,6 +121,36 @@ def running(repository: Path, log_path: Path, extra_args: tuple[str, ...] = ()) 
                 raise AssertionError(f"tritonserver exited with {proc.returncode}:\n{server.log()[-4000:]}")
             if time.monotonic() - started > READY_TIMEOUT_S:
                 raise AssertionError(f"tritonserver not ready after {READY_TIMEOUT_S}s:\n{server.log()[-4000:]}")
+            time.sleep(0.1)
+        server.ready_seconds = time.monotonic() - started
+        yield server
+    finally:
+        stop(server)
+
+
+@contextlib.contextmanager
+def running_gate(repository: Path, log_path: Path) -> Iterator[TritonServer]:
+    """The build Job's gate Triton: exactly the sidecar's flags (resources/build_job.gate_triton_args,
+    explicit model control, loopback HTTP only), on a free port; waits until live."""
+    from modeldeploy.resources.build_job import gate_triton_args
+
+    install = triton_install()
+    http = free_port()
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = install.lib_dir + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    argv = [install.tritonserver, *gate_triton_args(str(repository), http),
+            f"--backend-directory={install.backend_dir}"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with open(log_path, "wb") as logf:
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = TritonServer(proc, http, 0, 0, log_path)
+    try:
+        while not _ready(http, "/v2/health/live"):
+            if proc.poll() is not None:
+                raise AssertionError(f"tritonserver exited with {proc.returncode}:\n{server.log()[-4000:]}")
+            if time.monotonic() - started > READY_TIMEOUT_S:
+                raise AssertionError(f"tritonserver not live after {READY_TIMEOUT_S}s:\n{server.log()[-4000:]}")
             time.sleep(0.1)
         server.ready_seconds = time.monotonic() - started
         yield server

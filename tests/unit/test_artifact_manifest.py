@@ -64,7 +64,18 @@ def test_json_round_trip_and_stable_bytes(model_dir: Path) -> None:
     doc = json.loads(data)
     assert doc["modelSha256"] == m.model_sha256 and doc["quantized"] is True
     assert doc["gates"] == {"agreement": 0.9931, "samples": 512, "origin": "validation data", "fp32Seconds": 0.02,
-                            "int8Seconds": 0.01, "speedup": 2.0, "fp32Accuracy": 0.97, "int8Accuracy": 0.965}
+                            "int8Seconds": 0.01, "speedup": 2.0, "fp32Accuracy": 0.97, "int8Accuracy": 0.965,
+                            "timedBy": "onnxruntime-cpu"}
+
+
+def test_gates_say_what_timed_them() -> None:
+    report = QuantizationReport(agreement=1.0, samples=8, origin="generated inputs", fp32_seconds=0.2,
+                                int8_seconds=0.1, timed_by="triton")
+    gates = Gates.from_report(report)
+    assert gates.to_json()["timedBy"] == "triton" and Gates.from_json(gates.to_json()) == gates
+    # a manifest written before timedBy existed was timed by onnxruntime on the builder's CPU
+    old = {k: v for k, v in gates.to_json().items() if k != "timedBy"}
+    assert Gates.from_json(old).timed_by == "onnxruntime-cpu"
 
 
 def test_infinite_speedup_is_null() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -87,20 +88,94 @@ def test_pod_meets_restricted_pod_security_and_never_talks_to_the_api() -> None:
     assert pod["automountServiceAccountToken"] is False
 
 
-def test_scheduled_like_the_serving_pods() -> None:
-    patch = {"serving": {"gpus": 2, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100"},
+GPU_NODES = {"serving": {"gpus": 2, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100"},
                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                         "priorityClassName": "ml-serving"}}
-    job_pod = _pod(_job(patch))
-    serving = build_deployment("digits", "ml", UID, _spec(patch), "abc1234567", 1, IMAGES, "stable")
-    serving_pod = serving["spec"]["template"]["spec"]
-    for key in ("nodeSelector", "tolerations", "priorityClassName"):
-        assert job_pod[key] == serving_pod[key]
-    (build,), triton = job_pod["containers"], serving_pod["containers"][0]
-    assert build["resources"] == triton["resources"]  # GPUs included
-    assert build["resources"]["limits"]["nvidia.com/gpu"] == "2"
-    assert _env(build)["MD_ARTIFACT_DEVICE"] == "nvidia.com/gpu=NVIDIA-H100"
+                         "priorityClassName": "ml-serving",
+                         "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}}}
+INT8 = {"model": {"optimization": {"quantize": "int8", "minAgreement": 0.98}}}
+
+
+def _merge(*patches: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in patches:
+        for k, v in p.items():
+            out[k] = {**out.get(k, {}), **v}
+    return out
+
+
+def test_scheduled_like_the_serving_pods() -> None:
+    for patch in (GPU_NODES, _merge(GPU_NODES, INT8)):
+        job_pod = _pod(_job(patch))
+        serving = build_deployment("digits", "ml", UID, _spec(patch), "abc1234567", 1, IMAGES, "stable")
+        serving_pod = serving["spec"]["template"]["spec"]
+        for key in ("nodeSelector", "tolerations", "priorityClassName"):
+            assert job_pod[key] == serving_pod[key]
+        (build,), triton = job_pod["containers"], serving_pod["containers"][0]
+        # the builder gets the serving pods' CPU and memory, never a GPU: it does not use one
+        assert build["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+        assert triton["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert _env(build)["MD_ARTIFACT_DEVICE"] == "nvidia.com/gpu=NVIDIA-H100"
     assert _env(_pod(_job({"serving": {"gpus": 0}}))["containers"][0])["MD_ARTIFACT_DEVICE"] == "cpu"
+
+
+def test_without_int8_there_is_no_gate_and_no_triton() -> None:
+    pod = _pod(_job(GPU_NODES))
+    assert "initContainers" not in pod
+    (build,) = pod["containers"]
+    assert not {"MD_GATE_TRITON_URL", "MD_GATE_REPOSITORY"} & set(_env(build))
+    assert {v["name"] for v in pod["volumes"]} == {"model-repository", "tmp"}
+
+
+def test_int8_gates_run_through_the_serving_image_triton_beside_the_builder() -> None:
+    patch = _merge(GPU_NODES, INT8)
+    pod = _pod(_job(patch))
+    serving = build_deployment("digits", "ml", UID, _spec(patch), "abc1234567", 1, IMAGES, "stable")
+    serving_triton = serving["spec"]["template"]["spec"]["containers"][0]
+    (gate,) = pod["initContainers"]
+    (build,) = pod["containers"]
+    assert gate["name"] == bj.GATE_CONTAINER and gate["restartPolicy"] == "Always"  # a native sidecar
+    # the serving pods' image, and the serving container's resources: GPUs on Triton, which uses them
+    assert gate["image"] == serving_triton["image"] == IMAGES.serving
+    assert gate["resources"] == serving_triton["resources"]
+    assert gate["resources"]["limits"]["nvidia.com/gpu"] == gate["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    assert "nvidia.com/gpu" not in json.dumps(build["resources"])
+    # explicit model control on the builder's repository, HTTP on loopback only, no gRPC, no metrics
+    assert gate["command"] == ["tritonserver"]
+    args = gate["args"]
+    for flag in ("--model-repository=/models", "--model-control-mode=explicit", "--http-address=127.0.0.1",
+                 "--http-port=8000", "--allow-grpc=false", "--allow-metrics=false"):
+        assert flag in args
+    assert "ports" not in gate and not any(k.endswith("Probe") for k in gate)  # nothing outside the pod calls it
+    env = _env(build)
+    assert env["MD_GATE_TRITON_URL"] == "http://127.0.0.1:8000" and env["MD_GATE_REPOSITORY"] == "/models"
+    assert env["MD_REPOSITORY"] == "/models" and env["MD_BACKEND"] == "python-onnx"  # the config it writes
+    # Triton reads the builder's repository, read-only; /dev/shm for the python backend
+    mounts = {m["name"]: m for m in gate["volumeMounts"]}
+    assert mounts["model-repository"] == {"name": "model-repository", "mountPath": "/models", "readOnly": True}
+    assert mounts["dshm"]["mountPath"] == "/dev/shm" and mounts["tmp"]["mountPath"] == "/tmp"
+    assert {v["name"] for v in pod["volumes"]} == {"model-repository", "tmp", "dshm"}
+    # Pod Security "restricted" for the sidecar too
+    sc = gate["securityContext"]
+    assert sc == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                  "readOnlyRootFilesystem": True, "runAsNonRoot": True}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # the Job's exit-code rules name the builder: a sidecar's exit never fails the build
+    rule = _job(patch)["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["onExitCodes"]["containerName"] == bj.CONTAINER
+
+
+def test_the_gate_settings_do_not_change_the_key() -> None:
+    from modeldeploy.artifact.key import artifact_key
+    from modeldeploy.artifact.options import build_options
+
+    (build,) = _pod(_job(_merge(GPU_NODES, INT8)))["containers"]
+    env = {k: v for k, v in _env(build).items() if isinstance(v, str)}
+    opts, settings = build_options([], env)
+    without = {k: v for k, v in env.items() if not k.startswith("MD_GATE_")}
+    opts2, settings2 = build_options([], without)
+    assert settings.gate is not None and settings2.gate is None
+    assert artifact_key(settings, scope=opts.scope, device=opts.device) == \
+        artifact_key(settings2, scope=opts2.scope, device=opts2.device)
 
 
 def test_runs_the_artifact_build_with_the_loaders_environment_and_the_store() -> None:
@@ -201,6 +276,9 @@ def test_a_pvc_store_is_mounted_read_write_in_the_build_and_read_only_in_serving
     assert "artifact-store" not in {m["name"] for m in triton["volumeMounts"]}
     # an S3 store mounts nothing
     assert "artifact-store" not in {v["name"] for v in _pod(_job())["volumes"]}
+    # an int8 build (the gate's Triton beside the builder) keeps the claim too
+    gated = _pod(_job(INT8, store=PVC_STORE))
+    assert {v["name"] for v in gated["volumes"]} >= {"artifact-store", "dshm", "model-repository", "tmp"}
 
 
 # ---------------------------------------------------------------- settings

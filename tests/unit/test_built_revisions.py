@@ -116,6 +116,17 @@ def test_a_running_build_names_why_its_pod_waits() -> None:
     assert state.condition_status() is None
 
 
+def test_an_int8_build_whose_gate_triton_cannot_start_names_it() -> None:
+    waiting = {"metadata": {"name": "p"}, "status": {
+        "initContainerStatuses": [{"name": "gate-triton", "state": {"waiting": {
+            "reason": "ImagePullBackOff", "message": "Back-off pulling image nvcr.io/nvidia/tritonserver:26.10-py3"}}}],
+        "containerStatuses": [{"name": "build", "state": {"waiting": {"reason": "PodInitializing"}}}]}}
+    state = b.from_job("abc", job(), [waiting], NOW)
+    assert state.reason == b.Reason.BUILDING
+    assert "ImagePullBackOff" in state.message and "tritonserver:26.10" in state.message
+    assert "PodInitializing" not in state.message
+
+
 def test_recorded_builds_come_from_status_not_from_the_job() -> None:
     prev = {"revisions": [{"name": "digits-abc", "revision": "abc", "artifact": {"key": KEY, "modelSha256": SHA,
                                                                                   "quantized": False,

@@ -172,9 +172,14 @@ def test_quantization_gate_decisions() -> None:
                               int8_seconds=1e-3)
     assert rejection(good, 0.99) is None
     low = QuantizationReport(0.95, 450, "validation data", 2e-3, 1e-3)
-    assert rejection(low, 0.99) == "int8 model rejected: agreement 0.950 < 0.990 on 450 validation data"
+    assert rejection(low, 0.99) == ("int8 model rejected: agreement 0.950 < 0.990 on 450 validation data "
+                                    "(run by onnxruntime-cpu)")
     slow = QuantizationReport(1.0, 256, "generated inputs", 1e-3, 3e-3)
-    assert rejection(slow, 0.99) == "int8 model rejected: slower than fp32 (3.000 ms vs 1.000 ms per batch)"
+    assert rejection(slow, 0.99) == ("int8 model rejected: slower than fp32 (3.000 ms vs 1.000 ms per batch, "
+                                     "timed by onnxruntime-cpu)")
+    on_triton = QuantizationReport(1.0, 256, "generated inputs", 1e-3, 3e-3, timed_by="triton")
+    assert rejection(on_triton, 0.99) == ("int8 model rejected: slower than fp32 (3.000 ms vs 1.000 ms per batch, "
+                                          "timed by triton)")
 
 
 def test_top1_agreement() -> None:

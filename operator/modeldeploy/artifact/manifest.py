@@ -54,6 +54,9 @@ class Gates:
     speedup: float | None
     fp32_accuracy: float | None = None
     int8_accuracy: float | None = None
+    # what ran both gates: "triton" (the serving image beside the build Job, on the serving device)
+    # or "onnxruntime-cpu" (the builder's own CPU; every build before timedBy existed)
+    timed_by: str = "onnxruntime-cpu"
 
     @classmethod
     def from_report(cls, report: Any) -> Gates:
@@ -68,6 +71,7 @@ class Gates:
             speedup=speedup if math.isfinite(speedup) else None,
             fp32_accuracy=None if report.fp32_accuracy is None else float(report.fp32_accuracy),
             int8_accuracy=None if report.int8_accuracy is None else float(report.int8_accuracy),
+            timed_by=str(report.timed_by),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +81,7 @@ class Gates:
             "speedup": None if self.speedup is None else round(self.speedup, 4),
             "fp32Accuracy": None if self.fp32_accuracy is None else round(self.fp32_accuracy, 6),
             "int8Accuracy": None if self.int8_accuracy is None else round(self.int8_accuracy, 6),
+            "timedBy": self.timed_by,
         }
 
     @classmethod
@@ -87,6 +92,7 @@ class Gates:
             speedup=None if d.get("speedup") is None else float(d["speedup"]),
             fp32_accuracy=None if d.get("fp32Accuracy") is None else float(d["fp32Accuracy"]),
             int8_accuracy=None if d.get("int8Accuracy") is None else float(d["int8Accuracy"]),
+            timed_by=str(d.get("timedBy") or "onnxruntime-cpu"),
         )
 
 

@@ -16,8 +16,8 @@ from . import checkdata, checksum, onnx_meta, python_model, uri
 from .errors import ConfigError, FormatError
 from .fetch import FetchOptions, fetch
 from .limits import ByteBudget
-from .quantize import QuantizationReport, quantize_gated
-from .repository import Staging, runner_source
+from .quantize import Bench, QuantizationReport, quantize_gated
+from .repository import VERSION_DIR, Staging, runner_source
 from .settings import InputShape, LoaderSettings
 
 CONFIG_FILE = "config.pbtxt"
@@ -52,13 +52,14 @@ def _shapes_from_npz(path: Path) -> tuple[InputShape, ...]:
     return (InputShape(name="x", dtype=str(x.dtype), shape=tuple(x.shape[1:])),)
 
 
-def _config(s: LoaderSettings, sig: onnx_meta.OnnxSignature | None, quantized: bool) -> ModelConfig:
+def _config(s: LoaderSettings, sig: onnx_meta.OnnxSignature | None, quantized: bool,
+            name: str = "") -> ModelConfig:
     inputs, outputs = onnx_meta.to_triton(sig, s.max_batch_size) if sig else ((), ())
     params = [("modeldeploy.version", s.model_version)] if s.model_version else []
     if quantized:
         params.append(("modeldeploy.quantization", "int8"))
     return ModelConfig(
-        name=s.model_name,
+        name=name or s.model_name,
         backend=s.backend,
         inputs=inputs,
         outputs=outputs,
@@ -81,24 +82,44 @@ def _onnx_model(s: LoaderSettings, src: Path, validation: Path | None, stage: St
     return convert(src, s.format, stage.work / "converted.onnx", s.max_batch_size, shapes)
 
 
+def _write_model_files(s: LoaderSettings, sig: onnx_meta.OnnxSignature, model_dir: Path, quantized: bool) -> None:
+    """config.pbtxt (named after the directory) and, for python-onnx, the runner's model.py: what a
+    serving pod's Triton gets next to `<model_dir>/1/model.onnx`. The gate's Triton gets the same."""
+    if s.backend is Backend.PYTHON_ONNX:
+        (model_dir / VERSION_DIR / "model.py").write_text(runner_source(s.runner_sys_path), encoding="utf-8")
+    config = _config(s, sig, quantized=quantized, name=model_dir.name)
+    (model_dir / CONFIG_FILE).write_text(render_config(config), encoding="utf-8")
+
+
+def _bench(s: LoaderSettings, sig: onnx_meta.OnnxSignature) -> Bench | None:
+    """The gate's Triton when the build Job has one (MD_GATE_TRITON_URL), else None: onnxruntime here."""
+    if s.gate is None:
+        return None
+    from .gate_triton import TritonBench, place
+
+    def write(model_dir: Path, onnx: Path, quantized: bool) -> None:
+        place(onnx, model_dir / VERSION_DIR / ONNX_FILE)
+        _write_model_files(s, sig, model_dir, quantized)
+
+    return TritonBench(target=s.gate, model_name=s.model_name, max_batch_size=s.max_batch_size, write_model=write)
+
+
 def _write_onnx(s: LoaderSettings, src: Path, validation: Path | None, stage: Staging) -> QuantizationReport | None:
     model = _onnx_model(s, src, validation, stage)
     sig = onnx_meta.read_signature(model)
-    config = _config(s, sig, quantized=s.quantize == "int8")  # checks batching against the graph early
+    _config(s, sig, quantized=s.quantize == "int8")  # checks batching against the graph early
     report = None
     if s.quantize == "int8":
         data = checkdata.load_npz(validation, sig) if validation else checkdata.generate(sig)
         int8 = stage.work / "model.int8.onnx"
         with _temp_files_in(stage.work):
-            report = quantize_gated(model, int8, sig, data, s.min_agreement)
+            report = quantize_gated(model, int8, sig, data, s.min_agreement, _bench(s, sig))
         model = int8
     if model.is_relative_to(stage.work):  # every source is copied into work first: move, not copy again
         model.replace(stage.version_dir / ONNX_FILE)
     else:
         shutil.copyfile(model, stage.version_dir / ONNX_FILE)
-    if s.backend is Backend.PYTHON_ONNX:
-        (stage.version_dir / "model.py").write_text(runner_source(s.runner_sys_path), encoding="utf-8")
-    (stage.model_dir / CONFIG_FILE).write_text(render_config(config), encoding="utf-8")
+    _write_model_files(s, sig, stage.model_dir, quantized=s.quantize == "int8")
     return report
 
 

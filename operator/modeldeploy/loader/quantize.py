@@ -4,17 +4,22 @@ Static QDQ quantization calibrated on the check data (dynamic int8 turns convolu
 ConvInteger, measured 11x slower on these CPUs). The result is kept only if its top-1 answers
 agree with the fp32 model's on at least `min_agreement` of the check samples and it runs the same
 batch faster; otherwise the load fails with the numbers, so nobody serves a worse model by accident.
+
+Both gates run on a bench: onnxruntime sessions on this container's CPU (the per-pod loader, and a
+build without a gate Triton), or the serving image's Triton beside the build Job's builder
+(gate_triton.TritonBench), which runs the models as the serving pods will, on their device. The
+report says which (`timed_by`), so status never passes a CPU number off as a GPU one.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 
@@ -28,6 +33,7 @@ CALIBRATION_SAMPLES: Final = 512
 TIMING_BATCH: Final = 64
 TIMING_BUDGET_S: Final = 1.0  # per model
 TIMING_MAX_ROUNDS: Final = 50
+TIMED_BY_ONNXRUNTIME_CPU: Final = "onnxruntime-cpu"
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,36 @@ class QuantizationReport:
     int8_seconds: float
     fp32_accuracy: float | None = None
     int8_accuracy: float | None = None
+    timed_by: str = TIMED_BY_ONNXRUNTIME_CPU  # the bench both gates ran on: onnxruntime-cpu | triton
 
     @property
     def speedup(self) -> float:
         return self.fp32_seconds / self.int8_seconds if self.int8_seconds > 0 else float("inf")
+
+
+class Runner(Protocol):
+    """What the gates call: onnxruntime's InferenceSession.run, or gate_triton.TritonSession.run."""
+
+    def run(self, output_names: list[str], feed: Mapping[str, np.ndarray], /) -> Any: ...
+
+
+class Bench(Protocol):
+    """Where the gates run the fp32 model and the int8 candidate, and the name status records."""
+
+    timed_by: str
+
+    def open(self, fp32: Path, int8: Path) -> AbstractContextManager[tuple[Runner, Runner]]: ...
+
+
+class OnnxruntimeCpu:
+    """Both models in onnxruntime CPU sessions in this process: the device of a CPU serving pod's
+    python-onnx runner, and the only one the per-pod loader has."""
+
+    timed_by = TIMED_BY_ONNXRUNTIME_CPU
+
+    @contextmanager
+    def open(self, fp32: Path, int8: Path) -> Iterator[tuple[Runner, Runner]]:
+        yield session(fp32), session(int8)
 
 
 class _Calibration:
@@ -151,31 +183,33 @@ def rejection(report: QuantizationReport, min_agreement: float) -> str | None:
     if report.agreement < min_agreement:
         return (
             f"int8 model rejected: agreement {report.agreement:.3f} < {min_agreement:.3f} "
-            f"on {report.samples} {report.origin}"
+            f"on {report.samples} {report.origin} (run by {report.timed_by})"
         )
     if report.int8_seconds > report.fp32_seconds:
         return (
             f"int8 model rejected: slower than fp32 ({report.int8_seconds * 1e3:.3f} ms vs "
-            f"{report.fp32_seconds * 1e3:.3f} ms per batch)"
+            f"{report.fp32_seconds * 1e3:.3f} ms per batch, timed by {report.timed_by})"
         )
     return None
 
 
 def quantize_gated(
-    fp32: Path, dest: Path, sig: OnnxSignature, data: CheckData, min_agreement: float
+    fp32: Path, dest: Path, sig: OnnxSignature, data: CheckData, min_agreement: float, bench: Bench | None = None
 ) -> QuantizationReport:
-    """Write an int8 model to `dest` if it passes both gates; QuantizationRejected otherwise."""
+    """Write an int8 model to `dest` if it passes both gates on `bench` (default: onnxruntime on
+    this CPU); QuantizationRejected otherwise."""
     try:
         write_int8(fp32, dest, data, sig)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise QuantizationRejected(f"int8 quantization failed: {first[:300]}") from None
-    fp32_s, int8_s = session(fp32), session(dest)
-    want = checkdata.run(fp32_s, data, sig)
-    got = checkdata.run(int8_s, data, sig)
-    agreement = top1_agreement(want, got)
+    bench = bench or OnnxruntimeCpu()
     feed = next(checkdata.chunks(data.head(TIMING_BATCH), sig))
-    t_fp32, t_int8 = best_times([fp32_s, int8_s], feed, sig.outputs[0].name)
+    with bench.open(fp32, dest) as (fp32_s, int8_s):
+        want = checkdata.run(fp32_s, data, sig)
+        got = checkdata.run(int8_s, data, sig)
+        agreement = top1_agreement(want, got)
+        t_fp32, t_int8 = best_times([fp32_s, int8_s], feed, sig.outputs[0].name)
     report = QuantizationReport(
         agreement=agreement,
         samples=len(want),
@@ -184,14 +218,15 @@ def quantize_gated(
         int8_seconds=t_int8,
         fp32_accuracy=_accuracy(want, data.labels),
         int8_accuracy=_accuracy(got, data.labels),
+        timed_by=bench.timed_by,
     )
     accuracy = ""
     if report.fp32_accuracy is not None and report.int8_accuracy is not None:
         accuracy = f", accuracy fp32 {report.fp32_accuracy:.4f} int8 {report.int8_accuracy:.4f}"
     log.info(
-        "int8 check on %d samples of %s: agreement %.4f%s; batch of %d: fp32 %.3f ms, int8 %.3f ms (%.2fx)",
+        "int8 check on %d samples of %s: agreement %.4f%s; batch of %d: fp32 %.3f ms, int8 %.3f ms (%.2fx), by %s",
         report.samples, report.origin, agreement, accuracy, len(next(iter(feed.values()))),
-        t_fp32 * 1e3, t_int8 * 1e3, report.speedup,
+        t_fp32 * 1e3, t_int8 * 1e3, report.speedup, report.timed_by,
     )
     if reason := rejection(report, min_agreement):
         raise QuantizationRejected(reason)

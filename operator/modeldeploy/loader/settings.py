@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,28 @@ class InputShape:
     name: str
     dtype: str
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GateTarget:
+    """Where the gates run: Triton's HTTP URL and its model repository (as the builder sees it)."""
+
+    url: str
+    repository: Path
+
+
+def gate_target(url: str, repository: str) -> GateTarget | None:
+    """MD_GATE_TRITON_URL and MD_GATE_REPOSITORY: both (time through Triton) or neither (onnxruntime)."""
+    if not url and not repository:
+        return None
+    if not url or not repository:
+        raise ConfigError("MD_GATE_TRITON_URL and MD_GATE_REPOSITORY go together: set both or neither")
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "http" or not parsed.hostname or parsed.path.strip("/") or parsed.query:
+        raise ConfigError(f"MD_GATE_TRITON_URL must be http://HOST:PORT, got {url!r}")
+    if not repository.startswith("/"):
+        raise ConfigError(f"MD_GATE_REPOSITORY must be an absolute path, got {repository!r}")
+    return GateTarget(url=url.rstrip("/"), repository=Path(repository))
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,7 @@ class LoaderSettings:
     fetch_attempts: int = 5
     fetch_timeout_s: float = 60.0
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    gate: GateTarget | None = None  # the build Job's Triton for the int8 gates; None: onnxruntime here
 
 
 # flag name -> (environment variable, help)
@@ -88,6 +112,9 @@ _OPTIONS: Final[dict[str, tuple[str, str]]] = {
     "fetch-timeout": ("MD_FETCH_TIMEOUT_SECONDS", "socket timeout per download attempt"),
     "max-download-bytes": ("MD_MAX_DOWNLOAD_BYTES", "most bytes one run fetches (model + validation data), "
                            "and most an archive may unpack to"),
+    "gate-triton-url": ("MD_GATE_TRITON_URL", "int8 gates through this Triton (the build Job's sidecar), "
+                        "http://HOST:PORT; unset: onnxruntime on this CPU"),
+    "gate-repository": ("MD_GATE_REPOSITORY", "that Triton's model repository, as this container sees it"),
 }
 
 
@@ -235,6 +262,7 @@ def from_sources(argv: Sequence[str] | None, env: Mapping[str, str]) -> LoaderSe
         if raw["fetch-timeout"] else d.fetch_timeout_s,
         max_download_bytes=_int("MD_MAX_DOWNLOAD_BYTES", raw["max-download-bytes"], 1)
         if raw["max-download-bytes"] else d.max_download_bytes,
+        gate=gate_target(raw["gate-triton-url"].strip(), raw["gate-repository"].strip()),
     )
 
 

@@ -95,7 +95,9 @@ class BuildState:
 
 def _waiting(pods: Iterable[Mapping[str, Any]]) -> str:
     """Why a build pod does not run (ImagePullBackOff, Unschedulable, a missing Secret ...)."""
-    return podstate.waiting_reason(pods, ignore=("ContainerCreating",))
+    # PodInitializing: while the gate's Triton (an int8 build's sidecar) cannot start (ImagePullBackOff
+    # of the serving image), the builder only says that; the sidecar's reason is the one to show
+    return podstate.waiting_reason(pods, ignore=("ContainerCreating", "PodInitializing"))
 
 
 def _short(text: str) -> str:

@@ -23,7 +23,9 @@ def waiting_reason(pods: Iterable[Mapping[str, Any]], *, ignore: tuple[str, ...]
 
     `ignore`: waiting reasons that say nothing yet (ContainerCreating while a build starts)."""
     for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        status = pod.get("status") or {}
+        # init containers first (a sidecar that cannot start keeps the main container waiting)
+        for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") and waiting["reason"] not in ignore:
                 return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")

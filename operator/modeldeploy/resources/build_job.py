@@ -4,11 +4,15 @@ The Job runs `python -m modeldeploy.artifact build` (docs/artifacts.md) from the
 loader init container would use, with the loader's whole environment (the same model settings,
 the model's credentialsSecret by reference) plus the store's (MD_ARTIFACT_STORE, the store's
 Secret by reference). It is scheduled like the revision's serving pods (node selector,
-tolerations, priority class, GPU request: issue 14 item 6), so the int8 speed gate measures the
-device the model will be served on. The result comes back as one JSON line in the pod's
-termination message; planning/build.py reads it. Exit codes 1 and 2 (deterministic: checksum,
-format, gate, invalid input) fail the Job at once; the others (75 transient, 77 store refused,
-65 corrupt copy, a crash) are retried by the Job controller with its backoff.
+tolerations, priority class). When the revision quantizes int8, the pod also runs the serving
+image's Triton as a native sidecar (an init container with restartPolicy Always: the Job completes
+when the builder exits) holding the serving container's resources, GPUs included, and the builder
+runs both int8 gates through it (loader/gate_triton.py): the speed gate times the model as Triton
+will run it on that device (issue 14 item 6). The builder itself never needs a GPU. The result
+comes back as one JSON line in the pod's termination message; planning/build.py reads it. Exit
+codes 1 and 2 (deterministic: checksum, format, gate, invalid input) fail the Job at once; the
+others (75 transient, e.g. the gate's Triton never came up; 77 store refused; 65 corrupt copy; a
+crash) are retried by the Job controller with its backoff.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from . import labels
 from .artifact_store import ArtifactStoreRef, store_env, store_mounts, store_volumes
 from .deployment import (
     VOLUME_REPOSITORY,
+    VOLUME_SHM,
     VOLUME_SOURCE,
     VOLUME_TMP,
     Images,
@@ -30,6 +35,7 @@ from .deployment import (
     container_resources,
     loader_env,
     pod_images,
+    scheduling,
 )
 
 CONTAINER: Final = "build"
@@ -40,6 +46,9 @@ ACTIVE_DEADLINE_S: Final = 3600  # a conversion and calibration of a large model
 BACKOFF_LIMIT: Final = 4  # retries of transient failures (75, 77, 65, crashes) before the Job gives up
 DETERMINISTIC_EXITS: Final = (1, 2)  # the artifact CLI's: a retry would fail the same way
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
+GATE_CONTAINER: Final = "gate-triton"  # the serving image's Triton the int8 gates run through
+GATE_EXIT_TIMEOUT_S: Final = 5  # nothing is in flight when the builder has exited
+GATE_URL: Final = f"http://127.0.0.1:{c.PORT_HTTP}"  # loopback: the pod's own containers only
 
 
 def job_name(md_name: str, revision: str) -> str:
@@ -65,20 +74,72 @@ def gate_device(spec: ModelDeploymentSpec) -> str:
     return f"{serving.gpu_resource_name}" + (f"={product}" if product else "")
 
 
+def gated(spec: ModelDeploymentSpec) -> bool:
+    """Whether the build runs the int8 gates, and so needs the gate's Triton beside it."""
+    return spec.model.optimization.quantize == "int8"
+
+
 def build_env(namespace: str, spec: ModelDeploymentSpec, images: Images,
               store: ArtifactStoreRef) -> list[dict[str, Any]]:
-    """The loader's environment (the same model settings as the loader init container), then the store's."""
+    """The loader's environment (the same model settings as the loader init container), then the
+    store's; for int8, where the gate's Triton listens and its repository (the builder's own)."""
+    gate = [
+        {"name": "MD_GATE_TRITON_URL", "value": GATE_URL},
+        {"name": "MD_GATE_REPOSITORY", "value": c.MODEL_REPOSITORY_PATH},
+    ] if gated(spec) else []
     return [
         *loader_env(spec, images),
         *store_env(store),
         {"name": "MD_ARTIFACT_SCOPE", "value": source_scope(namespace, spec)},
         {"name": "MD_ARTIFACT_DEVICE", "value": gate_device(spec)},
+        *gate,
     ]
 
 
+def gate_triton_args(repository: str = c.MODEL_REPOSITORY_PATH, port: int = c.PORT_HTTP) -> list[str]:
+    """The gate Triton's flags: models only when the builder asks (explicit), HTTP on loopback (no
+    probe, Service or other pod reaches it; the builder waits on /v2/health/live), no gRPC, no
+    metrics, no cloud front ends. Every flag is in Triton 2.51 (the CPU image) and NVIDIA's images."""
+    return [
+        f"--model-repository={repository}",
+        "--model-control-mode=explicit",
+        "--http-address=127.0.0.1",
+        f"--http-port={port}",
+        "--allow-grpc=false",
+        "--allow-metrics=false",
+        "--allow-sagemaker=false",
+        "--allow-vertex-ai=false",
+        f"--exit-timeout-secs={GATE_EXIT_TIMEOUT_S}",
+    ]
+
+
+def _gate_container(spec: ModelDeploymentSpec, images: Images, serving_image: str) -> dict[str, Any]:
+    """The serving image's tritonserver as a native sidecar, with the serving container's resources
+    (GPUs included): the gates run where and as the serving pods will run the model. It reads the
+    builder's repository volume read-only (the builder hard-links the two gate models into it)."""
+    container: dict[str, Any] = {
+        "name": GATE_CONTAINER,
+        "image": serving_image,
+        "imagePullPolicy": images.pull_policy,
+        "restartPolicy": "Always",  # a native sidecar: started before the builder, stopped after it
+        "command": ["tritonserver"],
+        "args": gate_triton_args(),
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "volumeMounts": [
+            {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH, "readOnly": True},
+            {"name": VOLUME_TMP, "mountPath": "/tmp"},
+            {"name": VOLUME_SHM, "mountPath": "/dev/shm"},
+        ],
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if resources := container_resources(spec, with_gpus=True):
+        container["resources"] = resources
+    return container
+
+
 def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: ArtifactStoreRef) -> dict[str, Any]:
-    serving = spec.serving
-    _, image = pod_images(spec, images)
+    serving_image, image = pod_images(spec, images)
     mounts: list[dict[str, Any]] = [
         {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH},
         {"name": VOLUME_TMP, "mountPath": "/tmp"},
@@ -96,8 +157,8 @@ def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: 
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    # Like a serving pod, GPUs included: the gate times the model on the device it will serve on.
-    if resources := container_resources(spec, with_gpus=True):
+    # The serving pods' CPU and memory; the GPUs go to the gate's Triton, the one that uses them.
+    if resources := container_resources(spec, with_gpus=False):
         container["resources"] = resources
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # it talks to the stores, never to the Kubernetes API
@@ -106,15 +167,13 @@ def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: 
         "securityContext": _pod_security(),
         "terminationGracePeriodSeconds": 10,
         "containers": [container],
-        "volumes": [*(v for v in _volumes(spec, images) if v["name"] in (VOLUME_REPOSITORY, VOLUME_TMP, VOLUME_SOURCE)),
-                    *store_volumes(store, read_only=False)],
+        **scheduling(spec),
     }
-    if serving.node_selector:
-        pod["nodeSelector"] = dict(serving.node_selector)
-    if serving.tolerations:
-        pod["tolerations"] = [t.to_manifest() for t in serving.tolerations]
-    if serving.priority_class_name:
-        pod["priorityClassName"] = serving.priority_class_name
+    used = {VOLUME_REPOSITORY, VOLUME_TMP, VOLUME_SOURCE}
+    if gated(spec):
+        pod["initContainers"] = [_gate_container(spec, images, serving_image)]
+        used.add(VOLUME_SHM)  # Triton's python backend passes tensors through /dev/shm
+    pod["volumes"] = [*(v for v in _volumes(spec, images) if v["name"] in used), *store_volumes(store, read_only=False)]
     return pod
 
 

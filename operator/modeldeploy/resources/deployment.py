@@ -379,9 +379,21 @@ def _volumes(spec: ModelDeploymentSpec, images: Images, *, source: bool = True) 
     return volumes
 
 
+def scheduling(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """Where the model's pods may run (node selector, tolerations, priority class): serving pods
+    and the build Job alike, so the build's gates run on the serving device."""
+    serving, out = spec.serving, {}
+    if serving.node_selector:
+        out["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        out["tolerations"] = [t.to_manifest() for t in serving.tolerations]
+    if serving.priority_class_name:
+        out["priorityClassName"] = serving.priority_class_name
+    return out
+
+
 def _pod_spec(md_name: str, spec: ModelDeploymentSpec, images: Images,
               artifact: ArtifactFetch | None = None) -> dict[str, Any]:
-    serving = spec.serving
     serving_image, loader_image = pod_images(spec, images)
     init = _fetch_container(spec, images, artifact) if artifact else _loader_container(spec, images, loader_image)
     pod: dict[str, Any] = {
@@ -402,12 +414,7 @@ def _pod_spec(md_name: str, spec: ModelDeploymentSpec, images: Images,
             }
         ],
     }
-    if serving.node_selector:
-        pod["nodeSelector"] = dict(serving.node_selector)
-    if serving.tolerations:
-        pod["tolerations"] = [t.to_manifest() for t in serving.tolerations]
-    if serving.priority_class_name:
-        pod["priorityClassName"] = serving.priority_class_name
+    pod.update(scheduling(spec))
     return pod
 
 
