@@ -119,6 +119,8 @@ class Builder:
             selector = ((job.get("spec") or {}).get("selector") or {}).get("matchLabels") or {"job-name": name}
             job_pods = self.kube.list("Pod", namespace, selector)
         state = build.from_job(revision, job, job_pods, now)
+        if state.artifact is not None and state.new_result:  # where it was built: reuse stays in that store
+            state = dataclasses.replace(state, artifact={**state.artifact, "store": self.store().uri})
         if state.replace_job:
             log.info("%s/%s: build Job %s gave up on transient trouble; replacing it", namespace, meta["name"], name)
             self._delete_job(job)
@@ -139,7 +141,7 @@ class Builder:
         new_job = build_build_job(name, namespace, meta["uid"], spec, revision, images, self.store(),
                                   key_labels=reuse.key_labels(key))
         if not rebuilds:  # after a rebuild, other records of the key may describe the same lost copy
-            source = reuse.find(key, reuse.records(models()), namespace, name)
+            source = reuse.find(key, reuse.records(models()), namespace, name, self.store().uri)
             if source is not None:
                 self._stop_waiting(namespace, name)
                 return reuse.reused(revision, source, now)
@@ -148,7 +150,7 @@ class Builder:
                 told = next((str(c.get("reason", "")) for c in previous.get("conditions") or ()
                              if c.get("type") == build.CONDITION), "")
                 waiting = reuse.wait_for(key, self._jobs_of(key), revision=revision, namespace=namespace,
-                                         name=name, now=now, told=told)
+                                         name=name, now=now, told=told, store=self.store().uri)
                 if waiting is not None:
                     with self._guard:
                         if waiting.awaits is not None:

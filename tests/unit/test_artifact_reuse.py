@@ -94,18 +94,33 @@ def _model(namespace: str, name: str, *entries: tuple[str, str]) -> dict[str, An
 
 
 BUILT_RECORD = {"key": "k", "modelSha256": SHA, "quantized": False, "reused": False, "buildSeconds": 3.0,
-                "builtAt": "2026-12-01T00:00:00Z", "recordedAt": "2026-12-01T00:00:05Z"}
+                "builtAt": "2026-12-01T00:00:00Z", "recordedAt": "2026-12-01T00:00:05Z", "store": STORE.uri}
 
 
 def test_a_record_of_the_key_is_found_own_first_then_by_namespace_and_name() -> None:
     models = [_model("zeta", "a", ("r1", "k1")), _model("alpha", "b", ("r2", "k1"), ("r3", "")),
               _model("ml", "digits", ("r0", "k1"), ("r9", "k2"))]
     known = reuse.records(models)
-    own = reuse.find("k1", known, "ml", "digits")
+    own = reuse.find("k1", known, "ml", "digits", STORE.uri)
     assert own is not None and (own.owner, own.revision) == ("ml/digits", "r0")
-    other = reuse.find("k1", known, "ml", "new")
+    other = reuse.find("k1", known, "ml", "new", STORE.uri)
     assert other is not None and (other.owner, other.revision) == ("alpha/b", "r2")
-    assert reuse.find("k3", known, "ml", "new") is None and reuse.find(None, known, "ml", "new") is None
+    assert reuse.find("k3", known, "ml", "new", STORE.uri) is None
+    assert reuse.find(None, known, "ml", "new", STORE.uri) is None
+
+
+def test_only_records_of_the_store_the_pods_read_are_reused() -> None:
+    """A record made in another store (the chart's artifacts.store changed), or before the store was
+    recorded, is not in this one; a claim of the same name in another namespace is another volume."""
+    known = reuse.records([_model("alpha", "b", ("r2", "k1"))])
+    assert reuse.find("k1", known, "ml", "new", "s3://artifacts/other") is None
+    unrecorded = reuse.records([{"metadata": {"namespace": "alpha", "name": "b"}, "status": {"revisions": [
+        {"revision": "r2", "artifact": {k: v for k, v in {**BUILT_RECORD, "key": "k1"}.items() if k != "store"}}]}}])
+    assert reuse.find("k1", unrecorded, "ml", "new", STORE.uri) is None
+    claim = reuse.records([_model("alpha", "b", ("r2", "k1"))])
+    claim = [reuse.Recorded(r.namespace, r.name, r.revision, {**r.artifact, "store": "pvc://models"}) for r in claim]
+    assert reuse.find("k1", claim, "ml", "new", "pvc://models") is None  # alpha's claim, not ml's
+    assert reuse.find("k1", claim, "alpha", "new", "pvc://models") is not None
 
 
 def test_a_reused_record_is_a_copy_marked_reused_with_its_origin() -> None:
@@ -122,12 +137,13 @@ def test_decide_reuses_only_a_recorded_key() -> None:
     key = reuse.job_key(env)
     assert key is not None
     models = [_model("team-a", "digits", ("r1", key))]
-    found = reuse.decide(env, custom_image=False, revision="r2", namespace="ml", name="digits", models=models, now=NOW)
+    found = reuse.decide(env, custom_image=False, revision="r2", namespace="ml", name="digits", models=models, now=NOW,
+                          store=STORE.uri)
     assert found is not None and found.artifact is not None and found.artifact["key"] == key
     assert reuse.decide(env, custom_image=True, revision="r2", namespace="ml", name="digits", models=models,
-                        now=NOW) is None
+                        now=NOW, store=STORE.uri) is None
     assert reuse.decide(env, custom_image=False, revision="r2", namespace="ml", name="digits",
-                        models=[_model("team-a", "digits", ("r1", "other-key"))], now=NOW) is None
+                        models=[_model("team-a", "digits", ("r1", "other-key"))], now=NOW, store=STORE.uri) is None
 
 
 # ---------------------------------------------------------------- whole passes, in-memory API

@@ -315,6 +315,7 @@ def test_a_revision_is_built_once_and_its_pods_only_fetch() -> None:
     (entry,) = md["status"]["revisions"]
     assert entry["artifact"]["key"] == KEY and entry["artifact"]["modelSha256"] == SHA
     assert entry["artifact"]["reused"] is False and entry["artifact"]["gates"]["speedup"] == 2.0
+    assert entry["artifact"]["store"] == "s3://artifacts"  # where it was built: reuse stays there
     assert _cond(md, "ArtifactReady")["status"] == "True" and _cond(md, "ArtifactReady")["reason"] == "Built"
     (dep,) = kube.of("Deployment")
     assert dep["spec"]["replicas"] == 3

@@ -89,11 +89,20 @@ def records(models: Iterable[Mapping[str, Any]]) -> list[Recorded]:
     return sorted(out, key=lambda r: (r.namespace, r.name, r.revision))
 
 
-def find(key: str | None, known: Iterable[Recorded], namespace: str, name: str) -> Recorded | None:
-    """A record of `key`: this ModelDeployment's own first, then the first by namespace and name."""
+def same_store(store: str, namespace: str, other_store: str, other_namespace: str) -> bool:
+    """Whether an artifact recorded in `other_store` from `other_namespace` is in the store this
+    revision's pods read: the same configured store (the chart's `artifacts.store` may change; a
+    record without one predates recording it), and for a `pvc://` claim the same namespace (a claim
+    of that name in another namespace is another volume)."""
+    return bool(store) and other_store == store and (not store.startswith("pvc://") or other_namespace == namespace)
+
+
+def find(key: str | None, known: Iterable[Recorded], namespace: str, name: str, store: str) -> Recorded | None:
+    """A record of `key` in `store`: this ModelDeployment's own first, then the first by namespace and name."""
     if not key:
         return None
-    found = [r for r in known if r.artifact.get("key") == key]
+    found = [r for r in known if r.artifact.get("key") == key
+             and same_store(store, namespace, str(r.artifact.get("store", "")), r.namespace)]
     own = [r for r in found if (r.namespace, r.name) == (namespace, name)]
     return next(iter(own or found), None)
 
@@ -110,9 +119,9 @@ def reused(revision: str, source: Recorded, now: dt.datetime) -> BuildState:
 
 
 def decide(env: Iterable[Mapping[str, Any]], *, custom_image: bool, revision: str, namespace: str, name: str,
-           models: Iterable[Mapping[str, Any]], now: dt.datetime) -> BuildState | None:
+           models: Iterable[Mapping[str, Any]], now: dt.datetime, store: str) -> BuildState | None:
     """The revision's build reused from a known record, or None: start the Job as before."""
-    source = find(job_key(env, custom_image=custom_image), records(models), namespace, name)
+    source = find(job_key(env, custom_image=custom_image), records(models), namespace, name, store)
     return None if source is None else reused(revision, source, now)
 
 
@@ -178,12 +187,14 @@ def in_flight(jobs: Iterable[Mapping[str, Any]], key: str | None, now: dt.dateti
 
 
 def wait_for(key: str | None, jobs: Iterable[Mapping[str, Any]], *, revision: str, namespace: str, name: str,
-             now: dt.datetime, told: str = "") -> BuildState | None:
+             now: dt.datetime, told: str = "", store: str = "") -> BuildState | None:
     """WaitingForBuild when another ModelDeployment's unfinished Job builds `key` (this revision starts
     no Job of its own), else None. Not for this ModelDeployment's other revisions: only the current
     revision's build is ever recorded, so an older revision's Job would leave nothing to reuse.
-    `told`: the ArtifactReady reason status holds (one Event per wait)."""
-    others = [f for f in in_flight(jobs, key, now) if (f.namespace, f.name) != (namespace, name)]
+    `told`: the ArtifactReady reason status holds (one Event per wait); `store`: the operator's
+    store (a `pvc://` claim's builds count only in this namespace)."""
+    others = [f for f in in_flight(jobs, key, now) if (f.namespace, f.name) != (namespace, name)
+              and (not store.startswith("pvc://") or f.namespace == namespace)]  # a claim is per namespace
     if not others:
         return None
     other = others[0]
