@@ -254,16 +254,19 @@ class Collector:
                 self.errors.append(repr(e)[:300])
 
     def _read(self, pod: str, owner: str, container: str, cid: str, *, previous: bool, done: bool,
-              final: bool) -> None:
-        """Read one run's log. A finished run is read once as the current one and once more with
-        --previous after its container restarted (that read cannot be of another run)."""
+              final: bool, waiting: bool = False) -> None:
+        """Read one run's log. A finished run is read once as the current one and once more as the
+        previous one after its container restarted (that read cannot be of another run): with
+        --previous while the new run runs or has ended; while the container waits to restart
+        (CrashLoopBackOff) its last run is what `kubectl logs` shows, and --previous would name the
+        run before it, which the kubelet prunes when it starts an init container again."""
         key = f"{cid} --previous" if previous else cid
         if not cid or key in self._final:
             return
         if not done and not final and time.monotonic() - self._read_at.get(key, -1e9) < RUNNING_REFRESH_S:
             return
-        out = self.tc.kubectl("logs", "-n", NS, pod, "-c", container, *(["--previous"] if previous else []),
-                              check=False)
+        flag = ["--previous"] if previous and not waiting else []
+        out = self.tc.kubectl("logs", "-n", NS, pod, "-c", container, *flag, check=False)
         if out.returncode != 0 or out.stdout.startswith(GONE):
             return
         if done and not previous and not out.stdout:
@@ -293,7 +296,8 @@ class Collector:
                                done="terminated" in state, final=final)
                 last = (cs.get("lastState") or {}).get("terminated") or {}
                 if last:
-                    self._read(name, owner, c, last.get("containerID", ""), previous=True, done=True, final=final)
+                    self._read(name, owner, c, last.get("containerID", ""), previous=True, done=True, final=final,
+                               waiting="waiting" in state)
 
     def logs_of(self, owner: str, container: str) -> list[Run]:
         return [r for r in self.runs.values() if r.owner == owner and r.container == container]
