@@ -67,7 +67,9 @@ def test_one_leader_writes_and_a_killed_leader_is_replaced_within_15s(
         assert _writes(b) > 0
         print(f"failover: replica-b led {took_over:.1f}s after replica-a was killed")
 
-        # The killed replica comes back as a standby: it writes nothing and takes nothing.
+        # The killed replica comes back as a standby: it writes nothing and takes nothing. On a port of
+        # its own again: its old one is in the ephemeral range, and an outgoing connection may hold it by now.
+        a.metrics_port = process.free_port()
         a.start()
         time.sleep(5)
         assert op.leader(cluster) == "replica-b"
