@@ -34,8 +34,10 @@ from .deployment import (
     _volumes,
     container_resources,
     loader_env,
+    loader_mounts,
     pod_images,
     scheduling,
+    triton_mounts,
 )
 
 CONTAINER: Final = "build"
@@ -125,11 +127,7 @@ def _gate_container(spec: ModelDeploymentSpec, images: Images, serving_image: st
         "command": ["tritonserver"],
         "args": gate_triton_args(),
         "env": [{"name": "HOME", "value": "/tmp"}],
-        "volumeMounts": [
-            {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH, "readOnly": True},
-            {"name": VOLUME_TMP, "mountPath": "/tmp"},
-            {"name": VOLUME_SHM, "mountPath": "/dev/shm"},
-        ],
+        "volumeMounts": triton_mounts(),
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -140,13 +138,7 @@ def _gate_container(spec: ModelDeploymentSpec, images: Images, serving_image: st
 
 def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: ArtifactStoreRef) -> dict[str, Any]:
     serving_image, image = pod_images(spec, images)
-    mounts: list[dict[str, Any]] = [
-        {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH},
-        {"name": VOLUME_TMP, "mountPath": "/tmp"},
-    ]
-    if spec.model.source.pvc_claim:
-        mounts.append({"name": VOLUME_SOURCE, "mountPath": c.SOURCE_MOUNT_PATH, "readOnly": True})
-    mounts += store_mounts(store, read_only=False)
+    mounts = [*loader_mounts(spec), *store_mounts(store, read_only=False)]
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,

@@ -226,13 +226,30 @@ def _triton_script() -> str:
 TRITON_COMMAND: Final = ("/bin/sh", "-c", _triton_script(), "tritonserver")
 
 
-def _loader_container(spec: ModelDeploymentSpec, images: Images, image: str) -> dict[str, Any]:
+def triton_mounts() -> list[dict[str, Any]]:
+    """Where Triton reads the model (read-only), its scratch and shared memory: serving pods and
+    the build Job's gate Triton alike."""
+    return [
+        {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH, "readOnly": True},
+        {"name": VOLUME_TMP, "mountPath": "/tmp"},
+        {"name": VOLUME_SHM, "mountPath": "/dev/shm"},
+    ]
+
+
+def loader_mounts(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """The loader's repository and scratch, and a pvc:// source read-only: the init container and
+    the build Job alike."""
     mounts: list[dict[str, Any]] = [
         {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH},
         {"name": VOLUME_TMP, "mountPath": "/tmp"},
     ]
     if spec.model.source.pvc_claim:
         mounts.append({"name": VOLUME_SOURCE, "mountPath": c.SOURCE_MOUNT_PATH, "readOnly": True})
+    return mounts
+
+
+def _loader_container(spec: ModelDeploymentSpec, images: Images, image: str) -> dict[str, Any]:
+    mounts = loader_mounts(spec)
     container: dict[str, Any] = {
         "name": c.CONTAINER_LOADER,
         "image": image,
@@ -326,11 +343,7 @@ def _triton_container(spec: ModelDeploymentSpec, images: Images, image: str) -> 
         "readinessProbe": _http_probe(HEALTH_READY, 5, 3, 3),
         "livenessProbe": _http_probe(HEALTH_LIVE, 10, 5, 3),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
-        "volumeMounts": [
-            {"name": VOLUME_REPOSITORY, "mountPath": c.MODEL_REPOSITORY_PATH, "readOnly": True},
-            {"name": VOLUME_TMP, "mountPath": "/tmp"},
-            {"name": VOLUME_SHM, "mountPath": "/dev/shm"},
-        ],
+        "volumeMounts": triton_mounts(),
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
