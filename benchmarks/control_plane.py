@@ -418,19 +418,6 @@ class Setup:
         self.coord = kubernetes.client.CoordinationV1Api(self.api)
 
 
-class BenchOperator(op.OperatorProcess):
-    """The tests' operator process, given longer to answer /metrics: with thousands of objects
-    in the cluster its first LIST of every kind (before /metrics starts) takes a minute."""
-
-    def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), MD_METRICS_PORT=str(self.metrics_port), **self.env)
-        env.pop("KUBERNETES_SERVICE_HOST", None)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child for its lifetime
-        self.proc = subprocess.Popen([sys.executable, "-m", "modeldeploy", "run", "--log-format", "json"],
-                                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        wait_for(self._metrics_up, 600, message="operator /metrics answering")
-
-
 def start_replica(s: Setup, n: int, role: str, started: list[Replica]) -> Replica:
     identity = f"bench-{n}-{role}"
     kcfg = op.service_account_kubeconfig(s.tc, s.work / f"sa-{n}-{role}.kubeconfig")
@@ -439,7 +426,8 @@ def start_replica(s: Setup, n: int, role: str, started: list[Replica]) -> Replic
            "MD_LEADER_ELECTION_NAMESPACE": LEASE_NAMESPACE, "MD_LEADER_LEASE": LEASE_NAME, "MD_IDENTITY": identity}
     log = s.work / f"operator-{n}{'-existing' if s.args.existing else ''}-{role}.log"
     log.unlink(missing_ok=True)
-    proc = BenchOperator(kubeconfig=kcfg, log_path=log, metrics_port=process.free_port(), env=env)
+    proc = op.OperatorProcess(kubeconfig=kcfg, log_path=log, metrics_port=process.free_port(), env=env,
+                              start_timeout_s=600)
     replica = Replica(role, identity, _jti(kcfg), proc)
     started.append(replica)  # stopped by the caller even when it never answers
     proc.start()

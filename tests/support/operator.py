@@ -66,6 +66,9 @@ class OperatorProcess:
     metrics_port: int
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    # how long /metrics may take to answer: the first LIST of every kind comes before it, a minute
+    # with thousands of objects in the cluster (benchmarks/control_plane.py)
+    start_timeout_s: float = 30
 
     def start(self) -> None:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), MD_METRICS_PORT=str(self.metrics_port), **self.env)
@@ -73,7 +76,7 @@ class OperatorProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child for its lifetime
         self.proc = subprocess.Popen([sys.executable, "-m", "modeldeploy", "run", "--log-format", "json"],
                                      stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        wait_for(self._metrics_up, 30, message="operator /metrics answering")
+        wait_for(self._metrics_up, self.start_timeout_s, message="operator /metrics answering")
 
     def _metrics_up(self) -> bool:
         assert self.proc is not None
