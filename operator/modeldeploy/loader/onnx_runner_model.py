@@ -28,9 +28,15 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], ONNX_FILE)
         options = ort.SessionOptions()
         params = config.get("parameters", {})
+        # the native onnxruntime backend's parameter names (deploy-time tuning sets them)
         threads = params.get("intra_op_thread_count", {}).get("string_value", "")
         if threads:
             options.intra_op_num_threads = int(threads)
+        inter = params.get("inter_op_thread_count", {}).get("string_value", "")
+        if inter:
+            options.inter_op_num_threads = int(inter)
+        if params.get("execution_mode", {}).get("string_value", "") == "1":
+            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.batching = int(config.get("max_batch_size", 0)) > 0
         self.inputs = [i.name for i in self.session.get_inputs()]

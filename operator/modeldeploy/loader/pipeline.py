@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,7 @@ class Result:
 
     model_dir: Path
     quantization: QuantizationReport | None = None
+    tuning: dict[str, Any] | None = None  # tuning/choose.summary, plus "measured" (every candidate)
 
 
 @contextmanager
@@ -104,13 +106,16 @@ def _bench(s: LoaderSettings, sig: onnx_meta.OnnxSignature) -> Bench | None:
     return TritonBench(target=s.gate, model_name=s.model_name, max_batch_size=s.max_batch_size, write_model=write)
 
 
-def _write_onnx(s: LoaderSettings, src: Path, validation: Path | None, stage: Staging) -> QuantizationReport | None:
+def _write_onnx(s: LoaderSettings, src: Path, validation: Path | None,
+                stage: Staging) -> tuple[QuantizationReport | None, dict[str, Any] | None]:
     model = _onnx_model(s, src, validation, stage)
     sig = onnx_meta.read_signature(model)
     _config(s, sig, quantized=s.quantize == "int8")  # checks batching against the graph early
     report = None
-    if s.quantize == "int8":
+    data = None
+    if s.quantize == "int8" or s.tune is not None:
         data = checkdata.load_npz(validation, sig) if validation else checkdata.generate(sig)
+    if s.quantize == "int8" and data is not None:
         int8 = stage.work / "model.int8.onnx"
         with _temp_files_in(stage.work):
             report = quantize_gated(model, int8, sig, data, s.min_agreement, _bench(s, sig))
@@ -120,7 +125,49 @@ def _write_onnx(s: LoaderSettings, src: Path, validation: Path | None, stage: St
     else:
         shutil.copyfile(model, stage.version_dir / ONNX_FILE)
     _write_model_files(s, sig, stage.model_dir, quantized=s.quantize == "int8")
-    return report
+    tuning = None
+    if s.tune is not None and data is not None:
+        tuning = _tune(s, sig, stage.model_dir, s.quantize == "int8", data)
+    return report, tuning
+
+
+def _tune(s: LoaderSettings, sig: onnx_meta.OnnxSignature, model_dir: Path, quantized: bool,
+          data: checkdata.CheckData) -> dict[str, Any]:
+    """Tune config.pbtxt through the build's Triton (loader/tune_triton.py) and write the chosen one."""
+    import os
+
+    from ..tuning import choose
+    from ..tuning.space import Hardware
+    from .gate_triton import place
+    from .report import log
+    from .tune_triton import Tuner, TuningFailed
+
+    assert s.tune is not None and s.gate is not None  # settings.from_sources: tune needs the gate's Triton
+
+    def write(d: Path, cfg: ModelConfig) -> None:
+        place(model_dir / VERSION_DIR / ONNX_FILE, d / VERSION_DIR / ONNX_FILE)
+        if s.backend is Backend.PYTHON_ONNX:
+            (d / VERSION_DIR / "model.py").write_text(runner_source(s.runner_sys_path), encoding="utf-8")
+        (d / CONFIG_FILE).write_text(render_config(cfg), encoding="utf-8")
+
+    base = _config(s, sig, quantized=quantized, name=model_dir.name)
+    hardware = Hardware(cpus=s.tune.cpus or os.cpu_count() or 1, gpus=s.gpus, backend=s.backend)
+    tuner = Tuner(target=s.gate, tune=s.tune, base=base, hardware=hardware, write_model=write, check=data.inputs,
+                  outputs=[o.name for o in sig.outputs], min_agreement=s.min_agreement)
+    result = tuner.run()
+    for line in result.table:
+        log.info("tuning | %s", line)
+    summary = choose.summary(result.outcome, s.tune)
+    log.info("tuning: chose %s (default: %s); bound met: %s", summary["tuned"], summary["default"],
+             summary["boundMet"])
+    if not result.outcome.bound_met:
+        message = choose.miss_message(result.outcome, s.tune)
+        if s.tune.on_bound_miss == "Fail":
+            raise TuningFailed(f"tuning: {message} (onBoundMiss: Fail)")
+        log.warning("tuning: %s; serving the best", message)
+        summary["message"] = message
+    (model_dir / CONFIG_FILE).write_text(render_config(result.config), encoding="utf-8")
+    return {**summary, "measured": [choose.measurement_json(m) for m in result.history]}
 
 
 def run(s: LoaderSettings, env: Mapping[str, str]) -> Result:
@@ -146,5 +193,6 @@ def run(s: LoaderSettings, env: Mapping[str, str]) -> Result:
             text = user_config if user_config is not None else render_config(_config(s, None, quantized=False))
             (stage.model_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
         else:
-            report = _write_onnx(s, src, validation, stage)
+            report, tuning = _write_onnx(s, src, validation, stage)
+            return Result(model_dir=stage.commit(), quantization=report, tuning=tuning)
         return Result(model_dir=stage.commit(), quantization=report)

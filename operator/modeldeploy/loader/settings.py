@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 from ..resources.triton_config import Backend, DynamicBatching
+from ..tuning import settings as tuning_settings
+from ..tuning.settings import TuneSettings
 from .errors import ConfigError
 from .limits import DEFAULT_MAX_DOWNLOAD_BYTES
 
@@ -85,6 +87,7 @@ class LoaderSettings:
     fetch_timeout_s: float = 60.0
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
     gate: GateTarget | None = None  # the build Job's Triton for the int8 gates; None: onnxruntime here
+    tune: TuneSettings | None = None  # deploy-time tuning through that Triton (the build Job only)
 
 
 # flag name -> (environment variable, help)
@@ -115,6 +118,8 @@ _OPTIONS: Final[dict[str, tuple[str, str]]] = {
     "gate-triton-url": ("MD_GATE_TRITON_URL", "int8 gates through this Triton (the build Job's sidecar), "
                         "http://HOST:PORT; unset: onnxruntime on this CPU"),
     "gate-repository": ("MD_GATE_REPOSITORY", "that Triton's model repository, as this container sees it"),
+    "tune": ("MD_TUNE", 'JSON {"objective", "maxP99Ms", "budgetSeconds", "onBoundMiss", "concurrency", "cpus"}: '
+             "tune config.pbtxt through the build's Triton (docs/tuning.md)"),
 }
 
 
@@ -202,6 +207,19 @@ def parse_input_shapes(raw: str) -> tuple[InputShape, ...]:
     return shapes
 
 
+def parse_tune(raw: str, fmt: str, max_batch: int) -> TuneSettings | None:
+    """MD_TUNE's JSON (tuning/settings.py); empty: no tuning."""
+    try:
+        tune = tuning_settings.parse(raw)
+    except ValueError as e:
+        raise ConfigError(f"MD_TUNE: {e}") from None
+    if tune is not None and fmt == "python":
+        raise ConfigError("MD_TUNE applies to ONNX models (the loader writes their config.pbtxt), not to format python")
+    if tune is not None and max_batch < 1:
+        raise ConfigError("MD_TUNE needs MD_MAX_BATCH_SIZE >= 1 (tuning batches single-sample requests)")
+    return tune
+
+
 def from_sources(argv: Sequence[str] | None, env: Mapping[str, str]) -> LoaderSettings:
     """Settings from flags (first) and environment variables; ConfigError names the bad input."""
     args = vars(parser().parse_args(argv))
@@ -235,6 +253,10 @@ def from_sources(argv: Sequence[str] | None, env: Mapping[str, str]) -> LoaderSe
     quantize = _choice("MD_QUANTIZE", raw["quantize"] or d.quantize, QUANTIZE)
     if quantize == "int8" and fmt == "python":
         raise ConfigError("MD_QUANTIZE=int8 applies to ONNX models, not to format python")
+    tune = parse_tune(raw["tune"], fmt, max_batch)
+    gate = gate_target(raw["gate-triton-url"].strip(), raw["gate-repository"].strip())
+    if tune is not None and gate is None:
+        raise ConfigError("MD_TUNE needs the build's Triton: set MD_GATE_TRITON_URL and MD_GATE_REPOSITORY")
     return LoaderSettings(
         source_uri=raw["source-uri"].strip(),
         model_name=name,
@@ -262,7 +284,8 @@ def from_sources(argv: Sequence[str] | None, env: Mapping[str, str]) -> LoaderSe
         if raw["fetch-timeout"] else d.fetch_timeout_s,
         max_download_bytes=_int("MD_MAX_DOWNLOAD_BYTES", raw["max-download-bytes"], 1)
         if raw["max-download-bytes"] else d.max_download_bytes,
-        gate=gate_target(raw["gate-triton-url"].strip(), raw["gate-repository"].strip()),
+        gate=gate,
+        tune=tune,
     )
 
 

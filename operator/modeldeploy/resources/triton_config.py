@@ -24,6 +24,8 @@ class Backend(StrEnum):
     PYTHON = "python"  # the user's own Triton python model
 
 
+ACCELERATORS: Final = ("tensorrt", "tensorrt-fp16")
+
 # numpy dtype names -> Triton data types (the ones ONNX and the python backend share).
 NUMPY_TO_TRITON: Final[dict[str, str]] = {
     "bool": "TYPE_BOOL",
@@ -83,6 +85,7 @@ class ModelConfig:
     instance_groups: tuple[InstanceGroup, ...] = (InstanceGroup(),)
     warmup: bool = True
     parameters: tuple[tuple[str, str], ...] = field(default=())  # sorted (key, value) pairs
+    accelerator: str = ""  # "", "tensorrt" or "tensorrt-fp16": onnxruntime's TensorRT provider on a GPU
 
 
 def triton_dtype(numpy_name: str) -> str:
@@ -137,6 +140,11 @@ def _validate(cfg: ModelConfig) -> None:
             raise ValueError(f"unknown instance group kind {g.kind!r}")
         if g.kind == "KIND_CPU" and g.gpus:
             raise ValueError("a KIND_CPU instance group cannot name GPUs")
+    if cfg.accelerator:
+        if cfg.accelerator not in ACCELERATORS:
+            raise ValueError(f"unknown accelerator {cfg.accelerator!r}")
+        if cfg.backend is not Backend.ONNXRUNTIME or not any(g.kind == "KIND_GPU" for g in cfg.instance_groups):
+            raise ValueError("an accelerator needs the onnxruntime backend on a GPU")
 
 
 def _tensor(t: TensorSpec) -> list[str]:
@@ -194,6 +202,18 @@ def _warmup(cfg: ModelConfig) -> list[str]:
     return ["model_warmup [", *body, "]"]
 
 
+def _accelerator(cfg: ModelConfig) -> list[str]:
+    """onnxruntime's TensorRT execution provider (NVIDIA's image): TensorRT engines built at load
+    time, in FP16 for `tensorrt-fp16`. Documented in Triton's onnxruntime backend (Model Config)."""
+    if not cfg.accelerator:
+        return []
+    params = ['      parameters { key: "max_workspace_size_bytes" value: "1073741824" }']
+    if cfg.accelerator == "tensorrt-fp16":
+        params.insert(0, '      parameters { key: "precision_mode" value: "FP16" }')
+    return ["optimization {", "  execution_accelerators {", "    gpu_execution_accelerator: [ {",
+            '      name: "tensorrt"', *params, "    } ]", "  }", "}"]
+
+
 def _backend_lines(backend: Backend) -> list[str]:
     if backend is Backend.ONNXRUNTIME:
         return ['backend: "onnxruntime"', 'default_model_filename: "model.onnx"']
@@ -225,5 +245,6 @@ def render_config(cfg: ModelConfig) -> str:
     lines.append("]")
     for key, value in sorted(cfg.parameters):
         lines.append(f"parameters {{ key: {_q(key)} value: {{ string_value: {_q(value)} }} }}")
+    lines += _accelerator(cfg)
     lines += _warmup(cfg)
     return "\n".join(lines) + "\n"
