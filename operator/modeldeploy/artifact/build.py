@@ -76,6 +76,8 @@ def result(kind: str, manifest: Manifest, store: ArtifactStore, seconds: float, 
         "modelSha256": manifest.model_sha256,
         "quantized": manifest.quantized,
         "gates": None if manifest.gates is None else manifest.gates.to_json(),
+        # the summary only: the termination message holds 4 KiB; every candidate is in the manifest
+        "tuning": None if manifest.tuning is None else {k: v for k, v in manifest.tuning.items() if k != "measured"},
         "buildSeconds": round(manifest.build_seconds, 3),
         "builtAt": manifest.built_at,
         "files": len(manifest.files),
@@ -91,7 +93,7 @@ def run(
 ) -> dict[str, Any]:
     """Reuse or build the artifact of `settings`; the JSON-able result. Raises a LoaderError on failure."""
     started = time.monotonic()
-    inputs = key_inputs(settings, scope=opts.scope, device=opts.device)
+    inputs = key_inputs(settings, scope=opts.scope, device=opts.device, hardware=opts.hardware)
     key = key_from_inputs(inputs)
     if opts.expected_key and opts.expected_key != key:
         raise ConfigError(f"artifact key mismatch: the operator expects {opts.expected_key}, this builder computes "
@@ -125,6 +127,7 @@ def run(
         build_seconds=time.monotonic() - t0,
         built_at=timefmt.rfc3339(time.time()) or "",
         tools=tool_versions(),
+        tuning=built.tuning,
     )
     published = publish(store, key, built.model_dir, manifest)
     log.info("artifact %s built in %.1fs and published to %s (%d files uploaded)", key, manifest.build_seconds,

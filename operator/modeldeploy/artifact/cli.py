@@ -39,7 +39,7 @@ def _key(argv: Sequence[str], env: Mapping[str, str], facts: dict[str, Any]) -> 
     from .key import key_from_inputs, key_inputs
 
     opts, settings = build_options(argv, env, need_store=False)
-    inputs = key_inputs(settings, scope=opts.scope, device=opts.device)
+    inputs = key_inputs(settings, scope=opts.scope, device=opts.device, hardware=opts.hardware)
     return {"key": key_from_inputs(inputs), "keyInputs": inputs}
 
 
@@ -48,7 +48,7 @@ def _build(argv: Sequence[str], env: Mapping[str, str], facts: dict[str, Any]) -
     from .key import artifact_key
 
     opts, settings = build_options(argv, env)
-    facts["key"] = artifact_key(settings, scope=opts.scope, device=opts.device)
+    facts["key"] = artifact_key(settings, scope=opts.scope, device=opts.device, hardware=opts.hardware)
     return build.run(opts, settings, env)
 
 

@@ -55,24 +55,29 @@ def _validation(s: LoaderSettings, scope: str) -> dict[str, str] | None:
     shape of a TorchScript model that declares none. It has no sha256, so it is named by URI."""
     if not s.validation_uri:
         return None
-    used = s.quantize == "int8" or (s.format == "torchscript" and not s.input_shapes)
+    # tuning checks the chosen configuration's answers against the default's on it
+    used = s.quantize == "int8" or s.tune is not None or (s.format == "torchscript" and not s.input_shapes)
     if not used:
         return None
     return {"uri": uri.parse(s.validation_uri).display(), "scope": scope}
 
 
-def key_inputs(s: LoaderSettings, *, scope: str = "", device: str = "") -> dict[str, Any]:
+def key_inputs(s: LoaderSettings, *, scope: str = "", device: str = "", hardware: str = "") -> dict[str, Any]:
     """Every input that decides the artifact's bytes, as plain JSON data (also kept in the manifest).
 
     `scope` names where a source without sha256 is resolved (e.g. "namespace/credentials-secret");
     `device` names the serving device class the int8 speed gate is measured on (e.g. a GPU
     product label), because an int8 model that is faster on one device may be slower on another.
+    `hardware` names the hardware class the serving pods run on (GPUs, CPU and memory of the serving
+    container, node selector); with tuning (MD_TUNE) it is in the key with the tuning settings, so a
+    tuned config.pbtxt is reused only on the hardware it was measured on. Both are absent without
+    tuning: untuned keys are unchanged.
     """
     backend = Backend.PYTHON if s.format == "python" else s.backend
     python_format = s.format == "python"
     int8 = s.quantize == "int8"
     batching = s.dynamic_batching
-    return {
+    inputs = {
         "artifactFormat": ARTIFACT_FORMAT_VERSION,
         "loaderVersion": __version__,
         "source": _source(s, scope),
@@ -101,6 +106,10 @@ def key_inputs(s: LoaderSettings, *, scope: str = "", device: str = "") -> dict[
         # written at the top of model.py (python-onnx runner, python models); never set in the images
         "runnerSysPath": list(s.runner_sys_path) if backend is not Backend.ONNXRUNTIME else None,
     }
+    if s.tune is not None:
+        inputs["tune"] = s.tune.to_json()
+        inputs["tuneHardware"] = hardware
+    return inputs
 
 
 def canonical(inputs: dict[str, Any]) -> bytes:
@@ -120,9 +129,9 @@ def key_from_inputs(inputs: dict[str, Any]) -> str:
     return f"{slug(str(inputs.get('modelName', '')))}-{digest}"
 
 
-def artifact_key(s: LoaderSettings, *, scope: str = "", device: str = "") -> str:
+def artifact_key(s: LoaderSettings, *, scope: str = "", device: str = "", hardware: str = "") -> str:
     """The artifact key of a loader run with settings `s` (see key_inputs for the arguments)."""
-    return key_from_inputs(key_inputs(s, scope=scope, device=device))
+    return key_from_inputs(key_inputs(s, scope=scope, device=device, hardware=hardware))
 
 
 def is_key(text: str) -> bool:

@@ -112,6 +112,7 @@ class Manifest:
     loader_version: str = __version__
     key_inputs: Mapping[str, Any] = field(default_factory=dict)
     tools: Mapping[str, str] = field(default_factory=dict)  # library versions of the build image
+    tuning: Mapping[str, Any] | None = None  # deploy-time tuning: choice, default vs chosen, every candidate
 
     @property
     def model_sha256(self) -> str | None:
@@ -138,6 +139,8 @@ class Manifest:
             "tools": dict(self.tools),
             "files": {p: {"sha256": f.sha256, "size": f.size} for p, f in sorted(self.files.items())},
         }
+        if self.tuning is not None:  # only then: manifests of untuned builds keep their bytes
+            doc["tuning"] = dict(self.tuning)
         return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
     @classmethod
@@ -168,6 +171,7 @@ class Manifest:
                 loader_version=str(doc.get("loaderVersion", "")),
                 key_inputs=dict(doc.get("keyInputs") or {}),
                 tools={str(k): str(v) for k, v in (doc.get("tools") or {}).items()},
+                tuning=_tuning(doc.get("tuning")),
             )
         except ManifestError:
             raise
@@ -197,6 +201,14 @@ class Manifest:
         if self.model_file is not None and self.model_file not in self.files:
             out.append(f"modelFile {self.model_file!r} is not one of its files")
         return out
+
+
+def _tuning(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise TypeError("tuning is not a JSON object")
+    return raw
 
 
 def path_problem(rel: str) -> str | None:
@@ -250,6 +262,7 @@ def manifest_for(
     build_seconds: float = 0.0,
     built_at: str = "",
     tools: Mapping[str, str] | None = None,
+    tuning: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """The manifest of a finished model directory; ManifestError if it holds a link or special file."""
     if model_dir.is_symlink() or not model_dir.is_dir():
@@ -261,7 +274,7 @@ def manifest_for(
     manifest = Manifest(
         key=key, model_name=model_name, files=files, model_file=model_file_of(files), quantized=quantized,
         gates=gates, build_seconds=build_seconds, built_at=built_at, key_inputs=dict(key_inputs or {}),
-        tools=dict(tools or {}),
+        tools=dict(tools or {}), tuning=None if tuning is None else dict(tuning),
     )
     if problems := manifest.problems():
         raise ManifestError(f"model directory cannot be an artifact: {problems[0]}")

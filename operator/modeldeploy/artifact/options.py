@@ -39,6 +39,7 @@ BUILD_OPTIONS: Final[dict[str, tuple[str, str]]] = {
     "key": ("MD_ARTIFACT_KEY", "the key the operator expects (optional; a mismatch is refused)"),
     "scope": ("MD_ARTIFACT_SCOPE", "where a source without sha256 is resolved, e.g. NAMESPACE/SECRET"),
     "device": ("MD_ARTIFACT_DEVICE", "the serving device class the int8 gate measures (e.g. a GPU product)"),
+    "hardware": ("MD_ARTIFACT_HARDWARE", "the serving hardware class tuning measures (in the key only with MD_TUNE)"),
 }
 
 
@@ -135,6 +136,7 @@ class BuildOptions:
     expected_key: str = ""
     scope: str = ""
     device: str = ""
+    hardware: str = ""
 
 
 def build_options(
@@ -146,4 +148,6 @@ def build_options(
     settings = from_sources(rest, env)
     if need_store and not raw["store"]:
         raise StoreConfigError(f"{STORE_ENV} is required")
-    return BuildOptions(store=raw["store"], expected_key=raw["key"], scope=raw["scope"], device=raw["device"]), settings
+    opts = BuildOptions(store=raw["store"], expected_key=raw["key"], scope=raw["scope"], device=raw["device"],
+                        hardware=raw["hardware"])
+    return opts, settings

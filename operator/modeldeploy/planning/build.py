@@ -125,7 +125,17 @@ def artifact_record(result: Mapping[str, Any]) -> dict[str, Any]:
     gates = result.get("gates")
     if isinstance(gates, Mapping):
         record["gates"] = {k: v for k, v in gates.items() if v is not None}
+    tuning = result.get("tuning")
+    if isinstance(tuning, Mapping):
+        record["tuning"] = _no_nulls(tuning)
     return record
+
+
+def _no_nulls(value: Any) -> Any:
+    """A merge patch removes keys set to null: keep them out of recorded objects."""
+    if isinstance(value, Mapping):
+        return {k: _no_nulls(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def recorded(previous: Mapping[str, Any], revision: str) -> BuildState | None:

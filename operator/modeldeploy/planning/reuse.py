@@ -71,7 +71,7 @@ def job_key(env: Iterable[Mapping[str, Any]], *, custom_image: bool = False) -> 
             return None  # a key input only the pod sees
     try:
         opts, settings = build_options([], values, need_store=False)  # what artifact/cli.py `_build` does
-        return artifact_key(settings, scope=opts.scope, device=opts.device)
+        return artifact_key(settings, scope=opts.scope, device=opts.device, hardware=opts.hardware)
     except LoaderError:
         return None
 
