@@ -25,6 +25,10 @@ DEFAULT_MAX_QUEUE_DELAY_US: Final = 100
 DEFAULT_QUANTIZE: Final = "none"
 DEFAULT_WARMUP: Final = True
 DEFAULT_MIN_AGREEMENT: Final = 0.99
+DEFAULT_TUNE_OBJECTIVE: Final = "throughput"
+DEFAULT_TUNE_BUDGET: Final = "3m"
+DEFAULT_TUNE_ON_MISS: Final = "ServeBest"
+DEFAULT_TUNE_CONCURRENCY: Final = (1, 8, 32)
 DEFAULT_GPUS: Final = 1
 DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
 DEFAULT_INSTANCES_PER_GPU: Final = 1
@@ -52,6 +56,10 @@ DEFAULT_FAILURE_LIMIT: Final = 2
 FORMATS: Final = ("onnx", "torchscript", "pytorch-export", "python")
 CONVERTED_FORMATS: Final = frozenset({"torchscript", "pytorch-export"})
 QUANTIZE_MODES: Final = ("none", "int8")
+TUNE_OBJECTIVES: Final = ("throughput", "latency")
+TUNE_ON_MISS: Final = ("ServeBest", "Fail")
+TUNE_BUDGET_RANGE_S: Final = (10.0, 3600.0)  # at least a few candidates; within the build Job's hour
+MAX_TUNE_CONCURRENCY: Final = 256
 INPUT_DTYPES: Final = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 DEFAULT_INPUT_DTYPE: Final = "float32"
 MAX_INPUTS: Final = 32
@@ -164,12 +172,25 @@ class DynamicBatchingSpec:
 
 
 @dataclass(frozen=True)
+class TuneSpec:
+    """Deploy-time tuning (docs/tuning.md): the build measures Triton configurations on the serving
+    hardware and serves the best. Seconds for the bound and the budget."""
+
+    objective: str = DEFAULT_TUNE_OBJECTIVE
+    max_p99: float | None = None
+    budget: float = 180.0
+    when_bound_not_met: str = DEFAULT_TUNE_ON_MISS
+    concurrency: tuple[int, ...] = DEFAULT_TUNE_CONCURRENCY
+
+
+@dataclass(frozen=True)
 class OptimizationSpec:
     """What the loader does to the model before Triton sees it."""
 
     quantize: str = DEFAULT_QUANTIZE
     warmup: bool = DEFAULT_WARMUP
     min_agreement: float = DEFAULT_MIN_AGREEMENT
+    tune: TuneSpec | None = None  # opt-in; hashed only when set
 
 
 @dataclass(frozen=True)
@@ -521,10 +542,14 @@ def _parse_model(m: Mapping[str, Any], default_name: str | None) -> ModelSpec:
             f"{p}.optimization.quantize",
             "int8 is only supported for formats onnx, torchscript and pytorch-export, not python",
         )
+    tune = None
+    if o.get("tune") is not None:
+        tune = _parse_tune(_section(o, "tune", f"{p}.optimization.tune"), str(fmt), max_batch)
     optimization = OptimizationSpec(
         quantize=str(quantize),
         warmup=_bool(o, "warmup", f"{p}.optimization.warmup", DEFAULT_WARMUP),
         min_agreement=_num(o, "minAgreement", f"{p}.optimization.minAgreement", DEFAULT_MIN_AGREEMENT, 0, 1),
+        tune=tune,
     )
     validation_uri = _str(m, "validationDataUri", f"{p}.validationDataUri")
     if validation_uri is not None:
@@ -540,6 +565,40 @@ def _parse_model(m: Mapping[str, Any], default_name: str | None) -> ModelSpec:
         optimization=optimization,
         inputs=_parse_inputs(m.get("inputs"), str(fmt)),
         validation_data_uri=validation_uri,
+    )
+
+
+def _parse_tune(m: Mapping[str, Any], fmt: str, max_batch: int) -> TuneSpec:
+    p = "spec.model.optimization.tune"
+    if fmt == "python":
+        raise SpecError(p, "applies to formats onnx, torchscript and pytorch-export (the loader writes their "
+                           "config.pbtxt), not python")
+    if max_batch < 1:
+        raise SpecError(p, "needs spec.model.maxBatchSize >= 1: tuning batches single-sample requests")
+    budget = _duration(m, "budget", f"{p}.budget", DEFAULT_TUNE_BUDGET)
+    assert budget is not None
+    lo, hi = TUNE_BUDGET_RANGE_S
+    if not lo <= budget <= hi:
+        raise SpecError(f"{p}.budget", f"must be between {lo:g}s and {hi / 60:g}m, not {budget:g}s")
+    max_p99 = _duration(m, "maxP99", f"{p}.maxP99", None)
+    if max_p99 is not None and max_p99 <= 0:
+        raise SpecError(f"{p}.maxP99", "must be more than 0")
+    raw = m.get("concurrency")
+    levels = DEFAULT_TUNE_CONCURRENCY
+    if raw is not None:
+        if not isinstance(raw, list) or not 1 <= len(raw) <= 8:
+            raise SpecError(f"{p}.concurrency", "must be a list of 1 to 8 integers")
+        levels = tuple(_int({"v": c}, "v", f"{p}.concurrency[{i}]", None, 1, MAX_TUNE_CONCURRENCY)
+                       for i, c in enumerate(raw))
+        if len(set(levels)) != len(levels):
+            raise SpecError(f"{p}.concurrency", "must not repeat a level")
+    return TuneSpec(
+        objective=str(_str(m, "objective", f"{p}.objective", DEFAULT_TUNE_OBJECTIVE, choices=TUNE_OBJECTIVES)),
+        max_p99=max_p99,
+        budget=budget,
+        when_bound_not_met=str(_str(m, "whenBoundNotMet", f"{p}.whenBoundNotMet", DEFAULT_TUNE_ON_MISS,
+                                    choices=TUNE_ON_MISS)),
+        concurrency=tuple(sorted(levels)),
     )
 
 
@@ -847,7 +906,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str | None = None) -> ModelDepl
 
 _HASH_SCHEMA: Final = "modeldeploy/revision/v1"  # bump deliberately: every revision changes with it
 # Fields added after v1 are hashed only when set: upgrading the operator must not roll out every model.
-_HASHED_ONLY_WHEN_SET: Final = frozenset({"inputs", "validation_data_uri", "max_bytes"})
+_HASHED_ONLY_WHEN_SET: Final = frozenset({"inputs", "validation_data_uri", "max_bytes", "tune"})
 
 
 def _canonical(value: Any) -> Any:

@@ -304,7 +304,7 @@ class Reconciler:
             desired_replicas=desired_replicas, plan=plan, observed=observed, previous=previous,
             now=timefmt.rfc3339_at(now), canary=cplan.state, canary_weight=weight,
             conflicts=tuple(conflicts.values()), notes=(route_note,) if route_note else (),
-            build=build, model_version=spec.model.version))
+            build=build, model_version=spec.model.version, tune=spec.model.optimization.tune is not None))
         told = set(previous.get("warnings") or ())
         desired_status["canary"] = canary.to_status(cplan.state, cplan.decision) if cplan.state else None
         result.phase = desired_status["phase"]

@@ -159,8 +159,14 @@ def _done(revision: str, artifact: Mapping[str, Any], new: bool = False) -> Buil
                                          f"(model sha256 {sha}…)", artifact=artifact, new_result=new)
     took = artifact.get("buildSeconds")
     took_text = f" in {took:.1f}s" if isinstance(took, int | float) else ""
+    tuning = artifact.get("tuning")
+    tuned = ""
+    if isinstance(tuning, Mapping) and isinstance(tuning.get("tuned"), Mapping):
+        t, d = tuning["tuned"], tuning.get("default") or {}
+        tuned = (f"; tuned: {t.get('throughput')}/s p99 {t.get('p99Ms')}ms vs the default's {d.get('throughput')}/s "
+                 f"p99 {d.get('p99Ms')}ms at concurrency {t.get('concurrency')}")
     return BuildState(Reason.BUILT, f"revision {revision}: artifact {artifact.get('key')} built{took_text} "
-                                    f"(model sha256 {sha}…)", artifact=artifact, new_result=new)
+                                    f"(model sha256 {sha}…){tuned}", artifact=artifact, new_result=new)
 
 
 def _job_condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:

@@ -14,6 +14,7 @@ from ..constants import Condition, Phase
 from ..rollout.canary import LIVE, CanaryState
 from ..rollout.canary import Phase as CanaryPhase
 from . import build as build_state
+from . import tuning
 from .build import BuildState
 from .observe import RevisionState
 from .rebuild import FIELD as REBUILDS
@@ -73,6 +74,7 @@ class StatusInput:
     notes: tuple[str, ...] = ()  # other things a user must fix (an optional API missing or forbidden)
     build: BuildState | None = None  # the current revision's build, when revisions are built (artifact store)
     model_version: str = ""  # spec.model.version: the current revision's entry before its Deployment exists
+    tune: bool = False  # spec.model.optimization.tune is set: the Tuned condition (planning/tuning.py)
 
 
 def served_revisions(previous: Mapping[str, Any], observed: Mapping[str, RevisionState]) -> frozenset[str]:
@@ -247,6 +249,8 @@ def compute(inp: StatusInput) -> dict[str, Any]:
     if build is not None:
         conds.append(_condition(build_state.CONDITION, build.condition_status(), build.reason, build.message,
                                 inp.generation))
+    if (tuned := tuning.condition(inp.tune, build, inp.current)) is not None:
+        conds.append(_condition(tuning.CONDITION, *tuned, inp.generation))
     status["conditions"] = merge_conditions(inp.previous.get("conditions", []), conds, inp.now)
     return status
 

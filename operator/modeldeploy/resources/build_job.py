@@ -17,10 +17,13 @@ crash) are retried by the Job controller with its backoff.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Final
 
 from .. import constants as c
 from ..api import ModelDeploymentSpec
+from ..tuning.settings import TuneSettings
 from . import labels
 from .artifact_store import ArtifactStoreRef, store_env, store_mounts, store_volumes
 from .deployment import (
@@ -81,14 +84,68 @@ def gated(spec: ModelDeploymentSpec) -> bool:
     return spec.model.optimization.quantize == "int8"
 
 
+def tuned(spec: ModelDeploymentSpec) -> bool:
+    """Whether the build tunes config.pbtxt (spec.model.optimization.tune), through the same Triton."""
+    return spec.model.optimization.tune is not None
+
+
+def needs_triton(spec: ModelDeploymentSpec) -> bool:
+    """The build pod runs the serving image's Triton beside the builder: for the int8 gates or tuning."""
+    return gated(spec) or tuned(spec)
+
+
+_MILLI = re.compile(r"^([0-9]+)m$")
+
+
+def cpu_count(quantity: str) -> int:
+    """Whole CPUs a CPU quantity allows, rounded up ("500m" -> 1, "2" -> 2); 0 when unreadable."""
+    text = quantity.strip()
+    try:
+        value = int(m.group(1)) / 1000 if (m := _MILLI.match(text)) else float(text)
+    except ValueError:
+        return 0
+    return max(1, math.ceil(value)) if value > 0 else 0
+
+
+def serving_cpus(spec: ModelDeploymentSpec) -> int:
+    """The serving container's CPUs: its limit, else its request; 0 when neither is set."""
+    res = spec.serving.resources
+    return cpu_count(res.limits.get("cpu") or res.requests.get("cpu") or "")
+
+
+def hardware_class(spec: ModelDeploymentSpec) -> str:
+    """The hardware a tuned configuration was measured on (MD_ARTIFACT_HARDWARE; in the key with
+    MD_TUNE): the GPUs (resource, count, product label), the serving container's CPU and memory,
+    and every node selector label, so another hardware class tunes again instead of reusing."""
+    serving, res = spec.serving, spec.serving.resources
+    parts = [f"gpu={serving.gpu_resource_name}x{serving.gpus}" if serving.gpus > 0 else "gpu=none"]
+    for name in ("cpu", "memory"):
+        parts.append(f"{name}={res.limits.get(name) or res.requests.get(name) or '-'}")
+    parts += [f"node:{k}={v}" for k, v in sorted(serving.node_selector.items())]
+    return ";".join(parts)
+
+
+def tune_settings(spec: ModelDeploymentSpec) -> TuneSettings | None:
+    """MD_TUNE's settings from the spec (None without tuning)."""
+    t = spec.model.optimization.tune
+    if t is None:
+        return None
+    return TuneSettings(objective=t.objective, max_p99_s=t.max_p99, budget_s=t.budget,
+                        on_bound_miss=t.when_bound_not_met, concurrency=t.concurrency, cpus=serving_cpus(spec))
+
+
 def build_env(namespace: str, spec: ModelDeploymentSpec, images: Images,
               store: ArtifactStoreRef) -> list[dict[str, Any]]:
     """The loader's environment (the same model settings as the loader init container), then the
-    store's; for int8, where the gate's Triton listens and its repository (the builder's own)."""
+    store's; for int8 or tuning, where the gate's Triton listens and its repository (the builder's
+    own); for tuning, its settings and the hardware class (both in the artifact key)."""
     gate = [
         {"name": "MD_GATE_TRITON_URL", "value": GATE_URL},
         {"name": "MD_GATE_REPOSITORY", "value": c.MODEL_REPOSITORY_PATH},
-    ] if gated(spec) else []
+    ] if needs_triton(spec) else []
+    if (tune := tune_settings(spec)) is not None:
+        gate += [{"name": "MD_TUNE", "value": tune.to_env()},
+                 {"name": "MD_ARTIFACT_HARDWARE", "value": hardware_class(spec)}]
     return [
         *loader_env(spec, images),
         *store_env(store),
@@ -162,7 +219,7 @@ def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: 
         **scheduling(spec),
     }
     used = {VOLUME_REPOSITORY, VOLUME_TMP, VOLUME_SOURCE}
-    if gated(spec):
+    if needs_triton(spec):
         pod["initContainers"] = [_gate_container(spec, images, serving_image)]
         used.add(VOLUME_SHM)  # Triton's python backend passes tensors through /dev/shm
     pod["volumes"] = [*(v for v in _volumes(spec, images) if v["name"] in used), *store_volumes(store, read_only=False)]
