@@ -76,8 +76,6 @@ def result(kind: str, manifest: Manifest, store: ArtifactStore, seconds: float, 
         "modelSha256": manifest.model_sha256,
         "quantized": manifest.quantized,
         "gates": None if manifest.gates is None else manifest.gates.to_json(),
-        # the summary only: the termination message holds 4 KiB; every candidate is in the manifest
-        "tuning": None if manifest.tuning is None else {k: v for k, v in manifest.tuning.items() if k != "measured"},
         "buildSeconds": round(manifest.build_seconds, 3),
         "builtAt": manifest.built_at,
         "files": len(manifest.files),
@@ -85,7 +83,15 @@ def result(kind: str, manifest: Manifest, store: ArtifactStore, seconds: float, 
         "uploaded": uploaded,
         "seconds": round(seconds, 3),
         "store": store.where(manifest.key),
-    }
+    } | tuning_summary(manifest)
+
+
+def tuning_summary(manifest: Manifest) -> dict[str, Any]:
+    """{"tuning": summary} of a tuned artifact (not every candidate: the termination message holds
+    4 KiB, the manifest keeps them all); {} otherwise, so untuned results are as before."""
+    if manifest.tuning is None:
+        return {}
+    return {"tuning": {k: v for k, v in manifest.tuning.items() if k != "measured"}}
 
 
 def run(
