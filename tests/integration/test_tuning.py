@@ -133,6 +133,16 @@ def test_a_real_sweep_picks_a_config_in_its_budget_and_keeps_the_answers(world: 
     assert np.allclose(tuned, default, rtol=1e-3, atol=1e-5)
     assert (tuned.argmax(axis=1) == y).mean() > 0.85  # and they are the model's answers
 
+    # the python-onnx runner takes onnxruntime's thread settings from config.pbtxt as the native
+    # backend does (the CPU candidates' intra-/inter-op threads): a setting it cannot apply fails the load
+    threads = world.work / "threads"
+    shutil.copytree(world.work / "store-plain" / plain["key"], threads)
+    with (threads / "model" / "config.pbtxt").open("a") as f:
+        for key, value in (("intra_op_thread_count", "1"), ("inter_op_thread_count", "2"), ("execution_mode", "1")):
+            f.write(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n')
+    serve_as(world, threads, "digits-threads")
+    assert np.allclose(answers(world, "digits-threads", x), default, rtol=1e-3, atol=1e-5)
+
     # a second build of the same model, tune settings and hardware class reuses it: no new sweep
     code, again = build(world, "again", env(world, world.work / "store", {"budgetSeconds": budget}))
     log = capfd.readouterr().err
