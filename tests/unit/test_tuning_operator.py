@@ -169,6 +169,10 @@ def test_the_record_keeps_the_summary_without_nulls() -> None:
     assert rec["tuning"] == {k: v for k, v in SUMMARY.items() if k != "maxP99Ms"}
     state = b.recorded({"revisions": [{"revision": "r1", "artifact": {**rec, "buildSeconds": 70.0}}]}, "r1")
     assert state is not None and "tuned: 5564.0/s p99 30.2ms vs the default's 2689.5/s p99 49.6ms" in state.message
+    assert "maxP99" not in state.message
+    missed = b.recorded({"revisions": [{"revision": "r1", "artifact": {
+        **rec, "tuning": {**SUMMARY, "boundMet": False}}}]}, "r1")
+    assert missed is not None and missed.message.endswith("(no configuration met maxP99 50.0ms)")
 
 
 def test_the_manifest_keeps_tuning_and_untuned_manifests_keep_their_bytes() -> None:

@@ -165,6 +165,8 @@ def _done(revision: str, artifact: Mapping[str, Any], new: bool = False) -> Buil
         t, d = tuning["tuned"], tuning.get("default") or {}
         tuned = (f"; tuned: {t.get('throughput')}/s p99 {t.get('p99Ms')}ms vs the default's {d.get('throughput')}/s "
                  f"p99 {d.get('p99Ms')}ms at concurrency {t.get('concurrency')}")
+        if not tuning.get("boundMet", True):
+            tuned += f" (no configuration met maxP99 {tuning.get('maxP99Ms')}ms)"
     return BuildState(Reason.BUILT, f"revision {revision}: artifact {artifact.get('key')} built{took_text} "
                                     f"(model sha256 {sha}…){tuned}", artifact=artifact, new_result=new)
 
