@@ -4,9 +4,12 @@ For each model, in one run on this machine: the artifact builder (`python -m mod
 build`, in this process) builds the model twice beside one real tritonserver started with the build
 Job's sidecar flags: once as the operator's defaults generate it (maxBatchSize 8, no dynamic
 batcher, one instance), once with `spec.model.optimization.tune` (its sweep timed against its
-budget). Both artifacts are then served by that Triton at the same time and driven by the same
-closed-loop load generator as benchmarks/serving.py (benchmarks/_load.py, tritonclient.http, one
-sample per request) at concurrency 1, 8 and 32, default and tuned alternating at each level.
+budget). Both artifacts are then served by that Triton at the same time and driven by one
+closed-loop load generator (loader/tune_client.py: N senders, stdlib HTTP keep-alive, pre-encoded
+single-sample requests; the lightest client we have, so that on 2 shared cores the client is not
+what is measured) at concurrency 1, 8 and 32: at each level, ROUNDS short rounds alternating
+default and tuned (so drift from other work on the machine hits both), throughput averaged, p50
+and p99 the median over rounds.
 
 Goals (issue 18): tuned >= 1.5x the default's throughput at c=32 on the digits CNN and >= 1.2x on
 ResNet-50, each at equal or lower p99, never worse than the default; the sweep inside its budget.
@@ -37,18 +40,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
-from benchmarks._load import LoadResult, run_load  # noqa: E402
 from benchmarks._report import write_json  # noqa: E402
-from benchmarks.serving import triton_sender  # noqa: E402
 from modeldeploy.artifact.cli import main as artifact_main  # noqa: E402
 from modeldeploy.loader.convert import convert  # noqa: E402
 from modeldeploy.loader.gate_triton import TritonHTTP  # noqa: E402
 from modeldeploy.loader.settings import InputShape  # noqa: E402
+from modeldeploy.loader.tune_client import Request, closed_loop  # noqa: E402
+from modeldeploy.loader.tune_triton import requests_from  # noqa: E402
+from modeldeploy.tuning.score import Point  # noqa: E402
 from tests.support import serving, serving_digits  # noqa: E402
 
 LEVELS = (1, 8, 32)
 DEFAULT_MAX_BATCH = "8"  # api.DEFAULT_MAX_BATCH_SIZE: what a spec without maxBatchSize gets
 GOALS = {"digits": 1.5, "resnet50": 1.2}
+ROUNDS = 3
+OUTPUT = "output_0"  # the loader's TorchScript export names outputs output_N
 
 
 @dataclass
@@ -56,8 +62,7 @@ class Model:
     name: str
     onnx: Path
     validation: Path
-    inputs: list[np.ndarray]
-    shape: tuple[int, ...]
+    requests: list[Request]
 
 
 def digits(work: Path) -> Model:
@@ -65,7 +70,7 @@ def digits(work: Path) -> Model:
     ts = serving_digits.save_torchscript(serving_digits.train_cnn(data), work / "digits.pt")
     onnx = convert(ts, "torchscript", work / "digits.onnx", 8, (InputShape("x", "float32", (1, 8, 8)),))
     val = serving_digits.save_validation(data, work / "digits-val.npz")
-    return Model("digits", onnx, val, [np.ascontiguousarray(x) for x in data.x_test[:256]], (1, 8, 8))
+    return Model("digits", onnx, val, requests_from({"x": data.x_test[:64]}, [OUTPUT]))
 
 
 def resnet50(work: Path) -> Model:
@@ -79,7 +84,7 @@ def resnet50(work: Path) -> Model:
                    (InputShape("x", "float32", (3, 224, 224)),))
     x = np.random.default_rng(0).random((64, 3, 224, 224), dtype=np.float32)
     np.savez(work / "resnet50-val.npz", x=x)
-    return Model("resnet50", onnx, work / "resnet50-val.npz", [np.ascontiguousarray(v) for v in x[:16]], (3, 224, 224))
+    return Model("resnet50", onnx, work / "resnet50-val.npz", requests_from({"x": x[:16]}, [OUTPUT]))
 
 
 def build(model: Model, triton: serving.TritonServer, repo: Path, store: Path, tune: dict[str, Any] | None,
@@ -110,6 +115,17 @@ def serve(triton: serving.TritonServer, repo: Path, artifact: Path, name: str) -
     TritonHTTP(f"http://{triton.http_url}").load(name)
 
 
+def _combined(points: list[Point]) -> dict[str, Any]:
+    if any(p.errors or not p.requests for p in points):
+        bad = next(p for p in points if p.errors or not p.requests)
+        raise RuntimeError(f"requests failed at concurrency {bad.concurrency}: {bad.first_error}")
+    throughput = sum(p.throughput for p in points) / len(points)
+    return {"concurrency": points[0].concurrency, "throughput": round(throughput, 1),
+            "p50Ms": round(float(np.median([p.p50_s for p in points])) * 1000, 2),
+            "p99Ms": round(float(np.median([p.p99_s for p in points])) * 1000, 2),
+            "requests": sum(p.requests for p in points)}
+
+
 def bench_model(model: Model, work: Path, budget_s: float, duration_s: float, warmup_s: float) -> dict[str, Any]:
     repo, store = work / f"{model.name}-repo", work / f"{model.name}-store"
     repo.mkdir()
@@ -121,18 +137,20 @@ def bench_model(model: Model, work: Path, budget_s: float, duration_s: float, wa
         names = {"default": f"{model.name}-default", "tuned": f"{model.name}-tuned"}
         serve(triton, repo, store / default["key"], names["default"])
         serve(triton, repo, store / tuned["key"], names["tuned"])
-        url = triton.http_url
+        url = f"http://{triton.http_url}"
         rows: list[dict[str, Any]] = []
         for level in LEVELS:
-            got: dict[str, LoadResult] = {}
-            for which in ("default", "tuned"):  # alternating: both see the same machine
-                got[which] = run_load(triton_sender(url, names[which]), model.inputs, level, duration_s, warmup_s)
-            d, t = got["default"], got["tuned"]
-            rows.append({"concurrency": level, "default": d.as_dict(), "tuned": t.as_dict(),
-                         "throughputRatio": round(t.throughput / d.throughput, 3) if d.throughput else None,
-                         "p99Ratio": round(t.p99_ms / d.p99_ms, 3) if d.p99_ms else None})
-            print(f"  {model.name} c={level:>2}: default {d.throughput:8.1f}/s p99 {d.p99_ms:7.1f}ms | tuned "
-                  f"{t.throughput:8.1f}/s p99 {t.p99_ms:7.1f}ms | {rows[-1]['throughputRatio']}x, p99 "
+            got: dict[str, list[Point]] = {"default": [], "tuned": []}
+            for r in range(ROUNDS):  # alternating, and the order swapped each round: both see the same machine
+                for which in (("default", "tuned") if r % 2 == 0 else ("tuned", "default")):
+                    got[which].append(closed_loop(url, names[which], model.requests, level, duration_s / ROUNDS,
+                                                  warmup_s))
+            d, t = _combined(got["default"]), _combined(got["tuned"])
+            rows.append({"concurrency": level, "default": d, "tuned": t,
+                         "throughputRatio": round(t["throughput"] / d["throughput"], 3),
+                         "p99Ratio": round(t["p99Ms"] / d["p99Ms"], 3)})
+            print(f"  {model.name} c={level:>2}: default {d['throughput']:8.1f}/s p99 {d['p99Ms']:7.1f}ms | tuned "
+                  f"{t['throughput']:8.1f}/s p99 {t['p99Ms']:7.1f}ms | {rows[-1]['throughputRatio']}x, p99 "
                   f"{rows[-1]['p99Ratio']}x", flush=True)
     top = rows[-1]
     goal = GOALS[model.name]
@@ -148,8 +166,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", choices=["digits", "resnet50"], default=["digits", "resnet50"])
     p.add_argument("--budget", type=float, default=180.0, help="the tune budget (seconds) for every model")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per level and configuration")
-    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per level and configuration (over all rounds)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up before each round")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     results = []

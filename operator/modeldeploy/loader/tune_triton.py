@@ -132,6 +132,9 @@ class Tuner:
             warm, window = search.windows_s(self.tune)
             points = tuple(closed_loop(self.target.url, name, self.requests, level, window, warm)
                            for level in self.tune.concurrency)
+            if failed := next((p for p in points if p.errors or not p.requests), None):
+                error = f"at concurrency {failed.concurrency}: {failed.first_error or 'request errors'}"
+                return Measurement(c, points, time.monotonic() - t0, error), None
             if answers:
                 with contextlib.suppress(LoaderError):
                     got = TritonSession(self.client, name, cfg.max_batch_size).run(self.outputs, self.check_feed)

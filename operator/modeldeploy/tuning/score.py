@@ -27,6 +27,7 @@ class Point:
     p99_s: float
     requests: int = 0
     errors: int = 0
+    first_error: str = ""  # what the first failed request got, for the build log
 
 
 @dataclass(frozen=True)
