@@ -5,9 +5,9 @@ container's resources and GPUs, loopback HTTP, explicit model control, the build
 For each candidate the search asks for (tuning/search.py), the model is written into that
 repository under a scratch name with the candidate's config.pbtxt (the model file hard-linked, not
 copied), loaded through the repository API, driven by the closed-loop client at every concurrency
-level (loader/tune_client.py), and unloaded. The winner (tuning/choose.py) and the default are
-measured once more, and their answers on the check data compared: the tuned model must answer
-exactly as the default one (fp32: to float rounding; a TensorRT FP16 candidate: the same top-1 on at
+level (loader/tune_client.py), and unloaded. The default's first measurement also reads its answers
+on the check data; the winner (tuning/choose.py) and the default are measured once more, and the
+winner's answers compared with the default's: the tuned model must answer exactly as the default one (fp32: to float rounding; a TensorRT FP16 candidate: the same top-1 on at
 least minAgreement of the samples), or the next candidate (finally the default) is served.
 """
 
@@ -38,7 +38,7 @@ from .tune_client import Request, closed_loop
 
 SCRATCH: Final = "modeldeploy-tune"
 REQUEST_SAMPLES: Final = 64  # distinct single-sample requests the senders cycle through
-CHECK_SAMPLES: Final = 256  # samples whose answers must match the default's
+CHECK_SAMPLES: Final = 128  # samples whose answers must match the default's (a big model reads them slowly)
 RTOL, ATOL = 1e-3, 1e-5  # fp32: batch composition and thread counts change float rounding only
 
 
@@ -148,26 +148,34 @@ class Tuner:
         default = from_config(self.base)
         started = time.monotonic()
         history: list[Measurement] = []
+        ref: list[np.ndarray] | None = None
         while (c := search.next_candidate(default, self.hardware, history, self.tune,
                                           time.monotonic() - started)) is not None:
-            m, _ = self.measure(c)
+            # the default's answers are the reference, read in its first measurement: its cost is then
+            # in the estimate the budget is planned with (search.estimate_s), as the winner's check is
+            m, got = self.measure(c, answers=not history)
             history.append(m)
             log.info("tuning: candidate %d (%s): %s", len(history) - 1, c.short(), _brief(m))
-            if len(history) == 1 and not m.ok:
-                why = m.error or "requests failed"
-                raise TuningFailed(f"tuning: Triton cannot serve the default configuration: {why}")
+            if len(history) == 1:
+                if not m.ok or got is None:
+                    why = m.error or ("requests failed" if not m.ok else "it answered no check data")
+                    raise TuningFailed(f"tuning: Triton cannot serve the default configuration: {why}")
+                ref = got
         best = search.incumbent(default, history, self.tune) or history[0]
-        base_m, chosen_m = history[0], best
+        base_m = history[0]
         final = [base_m]
-        if best.candidate != default:
-            again_default, ref = self.measure(default, answers=True)
+        if best.candidate != default and not search.affordable(time.monotonic() - started, self.tune.budget_s,
+                                                               history, reserve=1):
+            log.warning("tuning: no time left in the budget to confirm %s: the default is served",
+                        best.candidate.short())
+        elif best.candidate != default and ref is not None:
+            again_default, _ = self.measure(default)
             again_best, got = self.measure(best.candidate, answers=True)
             base_m, chosen_m = choose.confirmed(history[0], again_default), choose.confirmed(best, again_best)
             final = choose.ranked(base_m, [chosen_m], self.tune)
             if final[0] is not base_m:
-                why = "the default's answers could not be read" if ref is None else (
-                    "it gave no answers" if got is None else
-                    same_answers(ref, got, chosen_m.candidate.accelerator == "tensorrt-fp16", self.min_agreement))
+                why = "it gave no answers" if got is None else same_answers(
+                    ref, got, chosen_m.candidate.accelerator == "tensorrt-fp16", self.min_agreement)
                 if why:
                     log.warning("tuning: %s is not served: %s", chosen_m.candidate.short(), why)
                     final = [base_m]
