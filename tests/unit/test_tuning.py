@@ -212,8 +212,19 @@ def test_search_starts_with_the_default_then_its_neighbours_batcher_first() -> N
 
 def test_search_moves_to_a_better_candidate_and_skips_what_it_measured() -> None:
     history = [m(DEFAULT, (32, 1000, 30)), m(Candidate(8, 0), (32, 2000, 15))]
-    assert search.next_candidate(DEFAULT, CPU2, history, TPUT, 10.0) == Candidate(8, 100)
+    # the batcher changed: the next setting (instances) comes before other delays (coordinate descent's cycle)
+    assert search.next_candidate(DEFAULT, CPU2, history, TPUT, 10.0) == Candidate(8, 0, instances=2)
     assert search.incumbent(DEFAULT, history, TPUT) is history[1]
+    history.append(m(Candidate(8, 0, instances=2), (32, 1500, 20)))  # worse: on to the batch size
+    assert search.next_candidate(DEFAULT, CPU2, history, TPUT, 15.0) == Candidate(16, 0)
+    history.append(m(Candidate(16, 0), (32, 2500, 12)))  # better: after batch sizes come preferred sizes
+    assert search.next_candidate(DEFAULT, CPU2, history, TPUT, 20.0) == Candidate(16, 0, (16,))
+
+
+def test_the_cycle_wraps_around_to_the_first_setting() -> None:
+    threads = Candidate(8, 0, intra_threads=1)
+    after = list(neighbors(Candidate(8, 0, intra_threads=1, inter_threads=2), DEFAULT, CPU2, after=threads))
+    assert after[0].queue_delay_us is None and after[0].inter_threads == 2  # inter-op was last: the batcher next
 
 
 def test_a_gain_inside_the_noise_does_not_move_the_search() -> None:

@@ -7,8 +7,9 @@ repository under a scratch name with the candidate's config.pbtxt (the model fil
 copied), loaded through the repository API, driven by the closed-loop client at every concurrency
 level (loader/tune_client.py), and unloaded. The default's first measurement also reads its answers
 on the check data; the winner (tuning/choose.py) and the default are measured once more, and the
-winner's answers compared with the default's: the tuned model must answer exactly as the default one (fp32: to float rounding; a TensorRT FP16 candidate: the same top-1 on at
-least minAgreement of the samples), or the next candidate (finally the default) is served.
+winner's answers compared with the default's: the tuned model must answer exactly as the default
+one (fp32: to float rounding; a TensorRT FP16 candidate: the same top-1 on at least minAgreement of
+the samples), or the default is served.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 A full grid of every setting is hundreds of configurations; the budget holds a dozen or two. So:
 start at the default generated configuration, and measure the neighbours of the best candidate so
 far (space.neighbors: one setting changed, most promising setting first). A neighbour that beats
-the best by more than MIN_GAIN becomes the best, and the search continues from it; it stops at a
-candidate no single change improves, or when the next measurement would not fit the budget.
+the best by more than MIN_GAIN becomes the best, and the search continues from it with the
+settings after the one that changed (coordinate descent's cycle: the batcher is not searched again
+before instances, batch sizes and threads had their turn); it stops at a candidate no single change
+improves, or when the next measurement would not fit the budget.
 Stateless: the next step is a function of what has been measured, so it is a table test.
 
 Budget: the sweep may start a measurement only when one more (estimated as the slowest so far)
@@ -54,8 +56,9 @@ def next_candidate(default: Candidate, hw: Hardware, history: Sequence[Measureme
     best = incumbent(default, history, tune)
     if best is None:
         return None
+    before = incumbent(default, history[:history.index(best)], tune)  # what the best improved on
     seen = {effective(m.candidate, default) for m in history}
-    for c in neighbors(best.candidate, default, hw):
+    for c in neighbors(best.candidate, default, hw, None if before is None else before.candidate):
         e = effective(c, default)
         if e not in seen:
             return e

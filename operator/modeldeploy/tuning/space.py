@@ -136,27 +136,36 @@ def _thread_values(hw: Hardware) -> tuple[int, ...]:
     return tuple(sorted({0, 1, 2, top} & set(range(0, top + 1))))
 
 
-def neighbors(c: Candidate, default: Candidate, hw: Hardware) -> Iterator[Candidate]:
-    """Every candidate that differs from `c` in one setting, most promising setting first: the
-    dynamic batcher, instances, the batch size, preferred sizes, then threads or the accelerator."""
+def dimensions(c: Candidate, default: Candidate, hw: Hardware) -> list[list[Candidate]]:
+    """The candidates that differ from `c` in one setting, one list per setting, most promising
+    first: the dynamic batcher, instances, the batch size, preferred sizes, then threads (intra-op,
+    inter-op) or the accelerator."""
     r = dataclasses.replace
     batching = default.max_batch_size > 0
+    dims: list[list[Candidate]] = []
     if batching:
-        for delay in QUEUE_DELAYS_US:
-            yield r(c, queue_delay_us=delay, preferred=() if delay is None else c.preferred)
-    for n in range(1, _max_instances(hw) + 1):
-        yield r(c, instances=n)
+        dims.append([r(c, queue_delay_us=d, preferred=() if d is None else c.preferred) for d in QUEUE_DELAYS_US])
+    dims.append([r(c, instances=n) for n in range(1, _max_instances(hw) + 1)])
     if batching and c.queue_delay_us is not None:
-        for f in BATCH_FACTORS:
-            mbs = max(default.max_batch_size, min(MAX_TUNED_BATCH, default.max_batch_size * f))
-            yield r(c, max_batch_size=mbs, preferred=tuple(p for p in c.preferred if p <= mbs))
-        yield r(c, preferred=())
-        yield r(c, preferred=(c.max_batch_size,))
+        sizes = [max(default.max_batch_size, min(MAX_TUNED_BATCH, default.max_batch_size * f)) for f in BATCH_FACTORS]
+        dims.append([r(c, max_batch_size=m, preferred=tuple(p for p in c.preferred if p <= m)) for m in sizes])
+        dims.append([r(c, preferred=()), r(c, preferred=(c.max_batch_size,))])
     if hw.on_gpu:
-        for acc in ACCELERATORS:
-            yield r(c, accelerator=acc)
+        dims.append([r(c, accelerator=a) for a in ACCELERATORS])
     elif hw.backend is not Backend.PYTHON:
-        for t in _thread_values(hw):
-            yield r(c, intra_threads=t)
-        for t in _thread_values(hw):
-            yield r(c, inter_threads=t)
+        dims.append([r(c, intra_threads=t) for t in _thread_values(hw)])
+        dims.append([r(c, inter_threads=t) for t in _thread_values(hw)])
+    return dims
+
+
+def neighbors(c: Candidate, default: Candidate, hw: Hardware, after: Candidate | None = None) -> Iterator[Candidate]:
+    """Every candidate that differs from `c` in one setting (`dimensions`, in order). `after`: the
+    candidate `c` improved on; the settings after the one that changed come first (coordinate
+    descent's cycle: the other settings get their turn before the changed one is revisited)."""
+    dims = dimensions(c, default, hw)
+    start = 0
+    if after is not None:
+        changed = next((k for k, dim in enumerate(dimensions(after, default, hw)) if c in dim), None)
+        start = 0 if changed is None else (changed + 1) % len(dims)
+    for dim in dims[start:] + dims[:start]:
+        yield from dim
