@@ -306,6 +306,17 @@ DEF_M = m(DEFAULT, (1, 500, 3), (32, 1000, 40))
 ])
 def test_acceptable_never_worse_than_the_default(tune: TuneSettings, cand: Measurement, want: bool) -> None:
     assert choose.acceptable(cand, DEF_M, tune) is want
+    assert (choose.verdict(cand, DEF_M, tune) == "") is want
+
+
+@pytest.mark.parametrize(("tune", "cand", "why"), [
+    (TPUT, m(A, (1, 450, 4), (32, 1020, 20)), "not better than the default by more than 3%"),
+    (TPUT, m(A, (1, 450, 4), (32, 2000, 60)), "its p99 at concurrency 32 is more than 10% worse than the default's"),
+    (BOUND, m(A, (1, 450, 30), (32, 2000, 25)), "the default meets maxP99 and it does not"),
+    (LAT, m(A, (1, 450, 2), (32, 700, 15)), "its throughput at concurrency 32 is more than 10% worse"),
+])
+def test_verdict_says_why(tune: TuneSettings, cand: Measurement, why: str) -> None:
+    assert choose.verdict(cand, DEF_M, tune).startswith(why)
 
 
 def test_ranked_puts_the_default_last() -> None:

@@ -173,7 +173,11 @@ class Tuner:
             again_default, _ = self.measure(default)
             again_best, got = self.measure(best.candidate, answers=True)
             base_m, chosen_m = choose.confirmed(history[0], again_default), choose.confirmed(best, again_best)
+            log.info("tuning: confirmed, averaged with the first measurements: default %s; %s %s",
+                     _brief(base_m), best.candidate.short(), _brief(chosen_m))
             final = choose.ranked(base_m, [chosen_m], self.tune)
+            if why := choose.verdict(chosen_m, base_m, self.tune):
+                log.warning("tuning: %s is not served: %s", best.candidate.short(), why)
             if final[0] is not base_m:
                 why = "it gave no answers" if got is None else same_answers(
                     ref, got, chosen_m.candidate.accelerator == "tensorrt-fp16", self.min_agreement)

@@ -47,15 +47,26 @@ def not_worse(m: Measurement, default: Measurement, tune: TuneSettings) -> bool:
     return top.throughput >= base.throughput * (1 - P99_TOLERANCE)
 
 
-def acceptable(m: Measurement, default: Measurement, tune: TuneSettings) -> bool:
-    """Whether `m` may replace the default (the module docstring's three rules)."""
+def verdict(m: Measurement, default: Measurement, tune: TuneSettings) -> str:
+    """Why `m` may not replace the default (the module docstring's three rules); empty when it may."""
     if m.candidate == default.candidate:
-        return True
+        return ""
     if not m.ok or not default.ok:
-        return False
+        return "a measurement failed"
     if meets(default, tune) and not meets(m, tune):
-        return False
-    return better(m, default, tune, MIN_GAIN) and not_worse(m, default, tune)
+        return "the default meets maxP99 and it does not"
+    if not better(m, default, tune, MIN_GAIN):
+        return f"not better than the default by more than {MIN_GAIN:.0%}"
+    if not not_worse(m, default, tune):
+        other = "p99" if tune.objective == "throughput" else "throughput"
+        return (f"its {other} at concurrency {m.top.concurrency} is more than {P99_TOLERANCE:.0%} worse than "
+                "the default's")
+    return ""
+
+
+def acceptable(m: Measurement, default: Measurement, tune: TuneSettings) -> bool:
+    """Whether `m` may replace the default."""
+    return not verdict(m, default, tune)
 
 
 def ranked(default: Measurement, measured: Sequence[Measurement], tune: TuneSettings) -> list[Measurement]:
