@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from .. import constants as c
 from ..api import ModelDeploymentSpec
-from . import labels
+from . import labels, quantity
 from .artifact_store import ArtifactStoreRef, store_env, store_mounts, store_volumes
 from .deployment import (
     VOLUME_REPOSITORY,
@@ -131,9 +131,21 @@ def _gate_container(spec: ModelDeploymentSpec, images: Images, serving_image: st
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if resources := container_resources(spec, with_gpus=True):
+    if resources := split_requests(container_resources(spec, with_gpus=True), spec.serving.gpu_resource_name):
         container["resources"] = resources
     return container
+
+
+def split_requests(resources: dict[str, Any], gpu_resource: str) -> dict[str, Any]:
+    """The serving container's resources for one of the int8 build pod's two containers: the full
+    limits, but half the CPU and memory requests (a limit alone would be copied into the request),
+    so the pod's requests add up to one serving pod's and it fits wherever a serving pod fits. The
+    GPUs stay whole: extended resources are requested as limited, and only the gate's Triton has them."""
+    requests = dict(resources.get("requests") or {})
+    for name, value in (resources.get("limits") or {}).items():
+        requests.setdefault(name, value)
+    halved = {k: v if k == gpu_resource else quantity.half(v) for k, v in sorted(requests.items())}
+    return {**resources, "requests": halved} if halved else resources
 
 
 def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: ArtifactStoreRef) -> dict[str, Any]:
@@ -149,8 +161,12 @@ def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: 
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    # The serving pods' CPU and memory; the GPUs go to the gate's Triton, the one that uses them.
-    if resources := container_resources(spec, with_gpus=False):
+    # The serving pods' CPU and memory (half the requests when the gate's Triton shares the pod);
+    # the GPUs go to the gate's Triton, the one that uses them.
+    resources = container_resources(spec, with_gpus=False)
+    if resources and gated(spec):
+        resources = split_requests(resources, spec.serving.gpu_resource_name)
+    if resources:
         container["resources"] = resources
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # it talks to the stores, never to the Kubernetes API
