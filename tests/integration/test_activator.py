@@ -1,0 +1,257 @@
+"""The activator with real parts: a real tritonserver started late behind it while 100 real clients
+(tritonclient HTTP and gRPC) wait; over-cap and timed-out requests refused with Retry-After.
+
+No Kubernetes here: the route's backends are loopback ports where Triton will listen (as a model's
+`<name>-stable` Service address is known before its first pod starts), and the routes come from a
+file the activator polls (the ConfigMap watch and the demand Lease: test_activator_demand.py).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from localcluster.process import free_port
+from modeldeploy.loader.cli import main as loader_main
+from tests.support import serving, serving_digits
+from tests.support.activator import running_activator, write_routes
+
+pytestmark = pytest.mark.integration
+CLIENTS = 100  # half HTTP, half gRPC
+CAP = 100
+NS, NAME = "ml", "digits"
+LABELS = {"namespace": NS, "name": NAME}
+
+
+@dataclass
+class Digits:
+    repo: Path
+    x: np.ndarray
+    torch_logits: np.ndarray
+    work: Path
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
+    work = tmp_path_factory.mktemp("activator")
+    stub_site = serving.triton_install().stub_site
+    data = serving_digits.load_digits()
+    model = serving_digits.train_cnn(data, epochs=4)
+    ts = serving_digits.save_torchscript(model, work / "digits.pt")
+    term = work / "termination-log"
+    code = loader_main([], {
+        "MD_SOURCE_URI": f"file://{ts}", "MD_FORMAT": "torchscript", "MD_MODEL_NAME": NAME, "MD_MODEL_VERSION": "1",
+        "MD_REPOSITORY": str(work / "repo"), "MD_TERMINATION_LOG": str(term), "MD_BACKEND": "python-onnx",
+        "MD_RUNNER_SYS_PATH": stub_site, "MD_MAX_BATCH_SIZE": "32", "MD_WARMUP": "true",
+        "MD_DYNAMIC_BATCHING": '{"maxQueueDelayMicroseconds": 2000}',
+        "MD_INPUT_SHAPES": '[{"name": "x", "dtype": "float32", "shape": [1, 8, 8]}]'})
+    assert code == 0, term.read_text() if term.exists() else "loader failed"
+    x = data.x_test[:CLIENTS]
+    return Digits(work / "repo", x, serving_digits.predict(model, x), work)
+
+
+def _route(http: int, grpc: int, **extra: object) -> dict[str, object]:
+    return {"namespace": NS, "name": NAME, "model": NAME, "clusterIPs": ["127.0.0.1"],
+            "http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", **extra}
+
+
+@dataclass
+class Outcome:
+    sent: float = 0.0
+    answered: float = 0.0
+    logits: np.ndarray | None = None
+    error: str = ""
+
+
+@dataclass
+class Clients:
+    outcomes: list[Outcome] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+
+def _http_client(url: str, x: np.ndarray, out: Outcome) -> None:
+    import tritonclient.http as httpclient
+
+    try:
+        client = httpclient.InferenceServerClient(url, connection_timeout=180, network_timeout=180)
+        inp = httpclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        out.sent = time.monotonic()
+        out.logits = client.infer(NAME, [inp]).as_numpy("output_0")
+    except Exception as e:
+        out.error = f"http: {e!r}"
+    out.answered = time.monotonic()
+
+
+def _grpc_client(url: str, x: np.ndarray, out: Outcome) -> None:
+    import tritonclient.grpc as grpcclient
+
+    try:
+        client = grpcclient.InferenceServerClient(url)
+        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        out.sent = time.monotonic()
+        out.logits = client.infer(NAME, [inp], client_timeout=180).as_numpy("output_0")
+    except Exception as e:
+        out.error = f"grpc: {e!r}"
+    out.answered = time.monotonic()
+
+
+def _start_clients(http_url: str, grpc_url: str, x: np.ndarray) -> Clients:
+    clients = Clients()
+    for i in range(len(x)):
+        out = Outcome()
+        fn = _http_client if i % 2 == 0 else _grpc_client
+        t = threading.Thread(target=fn, args=(http_url if fn is _http_client else grpc_url, x[i:i + 1], out),
+                             daemon=True)
+        clients.outcomes.append(out)
+        clients.threads.append(t)
+        t.start()
+    return clients
+
+
+def _wait(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _raw_infer(base: str, x: np.ndarray, host: str | None = None) -> tuple[int, dict[str, str], float]:
+    import json
+
+    body = json.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.flatten().tolist()}]}).encode()
+    req = urllib.request.Request(f"http://{base}/v2/models/{NAME}/infer", data=body, method="POST",
+                                 headers={"Content-Type": "application/json", **({"Host": host} if host else {})})
+    began = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, dict(r.headers), time.monotonic() - began
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), time.monotonic() - began
+
+
+@pytest.fixture
+def ports() -> tuple[int, int, int]:
+    return free_port(), free_port(), free_port()
+
+
+def test_hundred_clients_held_until_triton_starts_late_none_lost(digits: Digits, ports: tuple[int, int, int],
+                                                                  tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    routes = tmp_path / "routes.json"
+    write_routes(routes, [_route(ports[0], ports[1])])
+    with running_activator(tmp_path / "activator.log", {
+        "MD_ACTIVATOR_ROUTES_FILE": str(routes), "MD_ACTIVATOR_MAX_HELD": str(CAP),
+        "MD_ACTIVATOR_HOLD_TIMEOUT_SECONDS": "150", "MD_ACTIVATOR_PROBE_INTERVAL_SECONDS": "0.05",
+    }) as act:
+        _wait(lambda: act.metric("modeldeploy_activator_routes") == 1, 10, "the route to load")
+        clients = _start_clients(act.http_url, act.grpc_url, digits.x)
+        _wait(lambda: act.metric("modeldeploy_activator_held_requests", **LABELS) == CLIENTS, 60,
+              f"{CLIENTS} held requests")
+
+        # Over the cap: refused at once with Retry-After, never held.
+        for _ in range(3):
+            status, headers, took = _raw_infer(act.http_url, digits.x[:1])
+            assert status == 429 and headers.get("Retry-After") == "2" and took < 2.0, (status, headers, took)
+        status, headers, _ = _raw_infer(act.http_url, digits.x[:1], host=f"{NAME}.{NS}.svc.cluster.local:8000")
+        assert status == 429, status
+        client = grpcclient.InferenceServerClient(act.grpc_url)
+        inp = grpcclient.InferInput("x", [1, 1, 8, 8], "FP32")
+        inp.set_data_from_numpy(digits.x[:1])
+        began = time.monotonic()
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer(NAME, [inp], client_timeout=30)
+        assert "RESOURCE_EXHAUSTED" in str(refused.value.status()) and time.monotonic() - began < 2.0
+        assert all(not o.answered for o in clients.outcomes), "nothing may be answered before Triton is up"
+
+        triton_began = time.monotonic()
+        with serving.running(digits.repo, tmp_path / "triton.log", ports=ports) as server:
+            ready_at = triton_began + server.ready_seconds  # as seen by a 0.1 s poll: within 0.1 s late
+            for t in clients.threads:
+                t.join(timeout=120)
+            errors = [o.error for o in clients.outcomes if o.error]
+            assert not errors, f"{len(errors)} of {CLIENTS} failed: {errors[:5]}"
+            answered = [o for o in clients.outcomes if o.logits is not None]
+            assert len(answered) == CLIENTS, "lost requests"
+            got = np.concatenate([o.logits for o in clients.outcomes])  # type: ignore[misc]
+            np.testing.assert_allclose(got, digits.torch_logits, atol=1e-4, rtol=1e-4)
+
+            after_ready = sorted(o.answered - ready_at for o in clients.outcomes)
+            held_for = sorted(o.answered - o.sent for o in clients.outcomes)
+            m = act.metrics()
+            lbl = f'name="{NAME}",namespace="{NS}"'
+            print(f"\nTriton started late: ready {server.ready_seconds:.2f}s after start; responses after Ready: "
+                  f"first {after_ready[0]:.3f}s, p50 {statistics.median(after_ready):.3f}s, "
+                  f"last {after_ready[-1]:.3f}s; client-seen latency p50 {statistics.median(held_for):.2f}s; "
+                  f"activator cold start {m[f'modeldeploy_activator_cold_start_seconds_sum{{{lbl}}}']:.2f}s")
+            assert after_ready[0] <= 0.5, after_ready[:3]
+            assert statistics.median(after_ready) <= 0.5 + 0.5, statistics.median(after_ready)
+            assert m[f"modeldeploy_activator_forwarded_total{{{lbl}}}"] == CLIENTS
+            assert m[f"modeldeploy_activator_held_total{{{lbl}}}"] == CLIENTS
+            assert m[f"modeldeploy_activator_held_requests{{{lbl}}}"] == 0
+            assert m.get(f"modeldeploy_activator_timed_out_total{{{lbl}}}", 0) == 0
+            assert m['modeldeploy_activator_rejected_total{reason="over_cap"}'] == 5
+            assert m[f"modeldeploy_activator_cold_start_seconds_count{{{lbl}}}"] == 1
+
+            # The gate is open: later requests go straight through, nothing held.
+            status, _, took = _raw_infer(act.http_url, digits.x[:1])
+            assert status == 200
+            assert act.metric("modeldeploy_activator_held_total", **LABELS) == CLIENTS
+
+        # Triton gone (the model back at zero): the next request is held again, then answered.
+        outcome = Outcome()
+        t = threading.Thread(target=_http_client, args=(act.http_url, digits.x[:1], outcome), daemon=True)
+        t.start()
+        _wait(lambda: act.metric("modeldeploy_activator_held_requests", **LABELS) == 1, 30, "a held request")
+        with serving.running(digits.repo, tmp_path / "triton2.log", ports=ports):
+            t.join(timeout=60)
+        assert outcome.logits is not None, outcome.error
+        assert act.metric("modeldeploy_activator_cold_start_seconds_count", **LABELS) == 2
+
+
+def test_refusals_carry_retry_after_and_never_hang(tmp_path: Path, digits: Digits) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    dead_http, dead_grpc = free_port(), free_port()  # nothing will ever listen there
+    routes = tmp_path / "routes.json"
+    write_routes(routes, [_route(dead_http, dead_grpc)])
+    with running_activator(tmp_path / "activator.log", {
+        "MD_ACTIVATOR_ROUTES_FILE": str(routes), "MD_ACTIVATOR_HOLD_TIMEOUT_SECONDS": "1.5",
+        "MD_ACTIVATOR_RETRY_AFTER_SECONDS": "7",
+    }) as act:
+        _wait(lambda: act.metric("modeldeploy_activator_routes") == 1, 10, "the route to load")
+        status, headers, took = _raw_infer(act.http_url, digits.x[:1])
+        assert status == 503 and headers.get("Retry-After") == "7" and 1.4 <= took < 4, (status, headers, took)
+
+        client = grpcclient.InferenceServerClient(act.grpc_url)
+        inp = grpcclient.InferInput("x", [1, 1, 8, 8], "FP32")
+        inp.set_data_from_numpy(digits.x[:1])
+        began = time.monotonic()
+        with pytest.raises(InferenceServerException) as timed_out:
+            client.infer(NAME, [inp], client_timeout=30)
+        assert "UNAVAILABLE" in str(timed_out.value.status()) and 1.4 <= time.monotonic() - began < 4
+
+        # A model nobody registered (by Host, or by the model in the gRPC message): 503 at once.
+        status, headers, took = _raw_infer(act.http_url, digits.x[:1], host="other.ml.svc")
+        assert status == 503 and headers.get("Retry-After") == "7" and took < 1, (status, took)
+        with pytest.raises(InferenceServerException) as unknown:
+            client.infer("not-registered", [inp], client_timeout=30)
+        assert "UNAVAILABLE" in str(unknown.value.status())
+
+        assert act.metric("modeldeploy_activator_timed_out_total", **LABELS) == 2
+        assert act.metric("modeldeploy_activator_rejected_total", reason="unknown_model") == 2
+        assert act.metric("modeldeploy_activator_forwarded_total", **LABELS) == 0
