@@ -38,16 +38,15 @@ class ThrottledDemand:
         self._pending: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.first_signal_at: dict[tuple[str, str], float] = {}
 
     def want(self, route: Route) -> None:
         key = (route.namespace, route.name)
         last = self._last.get(key)
         if last is not None and self._clock() - last < self.renew_s:
-            return
-        if key not in self._pending:
-            self._pending.add(key)
-            self._wake.set()
+            return  # written (or being written) within the renewal interval
+        self._last[key] = self._clock()  # forgotten again if the write fails, so the next want() retries
+        self._pending.add(key)
+        self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="demand")
 
@@ -63,15 +62,14 @@ class ThrottledDemand:
             try:
                 await asyncio.to_thread(self._sink.signal, batch)
             except Exception as e:
+                for key in batch:
+                    self._last.pop(key, None)
                 self._metrics.demand_signals.labels(result="error").inc()
                 log.warning("demand for %s not written: %s", ", ".join(f"{n}/{m}" for n, m in batch),
                             e.__class__.__name__)
                 await asyncio.sleep(0.5)  # the next want() (or probe tick) retries
                 continue
             self._metrics.demand_signals.labels(result="ok").inc()
-            for key in batch:
-                self._last[key] = began
-                self.first_signal_at.setdefault(key, began)
             log.debug("demand written for %s in %.3fs", batch, self._clock() - began)
 
     async def aclose(self) -> None:
