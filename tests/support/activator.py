@@ -88,7 +88,7 @@ def running_activator(log_path: Path, env: Mapping[str, str], timeout_s: float =
     http, grpc, admin = free_port(), free_port(), free_port()
     full = {**os.environ, "MD_ACTIVATOR_ADDRESS": "127.0.0.1", "MD_ACTIVATOR_HTTP_PORT": str(http),
             "MD_ACTIVATOR_GRPC_PORT": str(grpc), "MD_ACTIVATOR_ADMIN_PORT": str(admin),
-            "MD_ACTIVATOR_DRAIN_SECONDS": "2",
+            "MD_ACTIVATOR_DRAIN_SECONDS": "2", "MD_ACTIVATOR_UNREADY_SECONDS": "0",
             "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")]), **env}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as logf:

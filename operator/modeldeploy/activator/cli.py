@@ -93,7 +93,8 @@ async def run(settings: ActivatorSettings, stop: asyncio.Event, ready: asyncio.E
                          args=(routes, settings.routes_file, stop_threads)).start()
 
     http_runner = web.AppRunner(http.app(), access_log=None, handle_signals=False)
-    admin_runner = web.AppRunner(AdminApp(gates, lambda: routes.loaded).app(), access_log=None)
+    admin = AdminApp(gates, lambda: routes.loaded)
+    admin_runner = web.AppRunner(admin.app(), access_log=None)
     await http_runner.setup()
     await admin_runner.setup()
     http_site = web.TCPSite(http_runner, settings.address, settings.http_port, backlog=4096)
@@ -110,9 +111,15 @@ async def run(settings: ActivatorSettings, stop: asyncio.Event, ready: asyncio.E
         ready.set()
     await stop.wait()
 
-    gates.draining = True
-    log.info("stopping: not ready; %d held request(s) may finish within %gs", gates.waiting, settings.drain_s)
+    # Not ready first, still serving: the endpoints drop this replica within a few seconds, and
+    # requests that arrive meanwhile are held as usual. Then new ones are refused with Retry-After
+    # (a retry reaches the other replica) while held ones may still finish within the drain time.
+    admin.not_ready = True
     deadline = loop.time() + settings.drain_s
+    log.info("stopping: not ready; serving %gs more while endpoints update", settings.unready_s)
+    await asyncio.sleep(min(settings.unready_s, settings.drain_s))
+    gates.draining = True
+    log.info("draining: %d held request(s) may finish within %.0fs", gates.waiting, deadline - loop.time())
     while gates.waiting and loop.time() < deadline:
         await asyncio.sleep(0.1)
     await grpc_server.stop(grace=max(0.0, min(5.0, deadline - loop.time())))

@@ -127,6 +127,7 @@ class AdminApp:
     def __init__(self, gates: Gates, routes_loaded: Callable[[], bool]) -> None:
         self.gates = gates
         self._loaded = routes_loaded
+        self.not_ready = False  # set on SIGTERM, before new requests are refused
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -139,8 +140,8 @@ class AdminApp:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        if self.gates.draining:
-            return web.Response(status=503, text="draining\n")
+        if self.gates.draining or self.not_ready:
+            return web.Response(status=503, text="stopping\n")
         if not self._loaded():
             return web.Response(status=503, text="routes not loaded yet\n")
         return web.Response(text="ok\n")

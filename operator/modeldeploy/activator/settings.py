@@ -36,6 +36,8 @@ OPTIONS: Final[dict[str, tuple[str, str, str]]] = {
     "identity": ("MD_ACTIVATOR_IDENTITY", "", "this replica's name in the demand Lease (the pod name)"),
     "kubeconfig": ("MD_ACTIVATOR_KUBECONFIG", "", "kubeconfig (empty: in-cluster credentials)"),
     "drain": ("MD_ACTIVATOR_DRAIN_SECONDS", "20", "on SIGTERM, how long held requests may still finish"),
+    "unready": ("MD_ACTIVATOR_UNREADY_SECONDS", "3", "on SIGTERM, how long new requests are still taken "
+                "(not ready) while endpoints drop this replica"),
     "log-level": ("MD_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 }
 
@@ -61,6 +63,7 @@ class ActivatorSettings:
     identity: str = ""
     kubeconfig: str = ""
     drain_s: float = 20.0
+    unready_s: float = 3.0
     log_level: str = "INFO"
 
 
@@ -109,5 +112,6 @@ def activator_settings(argv: Sequence[str], env: Mapping[str, str]) -> Activator
         demand_renew_s=_num(var("demand-renew"), raw["demand-renew"], 0.1, 3600),
         namespace=raw["namespace"], demand_lease=raw["demand-lease"], routes_configmap=raw["routes-configmap"],
         routes_file=Path(raw["routes-file"]) if raw["routes-file"] else None, identity=raw["identity"],
-        kubeconfig=raw["kubeconfig"], drain_s=_num(var("drain"), raw["drain"], 0, 3600), log_level=level,
+        kubeconfig=raw["kubeconfig"], drain_s=_num(var("drain"), raw["drain"], 0, 3600),
+        unready_s=_num(var("unready"), raw["unready"], 0, 600), log_level=level,
     )
