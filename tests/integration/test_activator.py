@@ -255,3 +255,33 @@ def test_refusals_carry_retry_after_and_never_hang(tmp_path: Path, digits: Digit
         assert act.metric("modeldeploy_activator_timed_out_total", **LABELS) == 2
         assert act.metric("modeldeploy_activator_rejected_total", reason="unknown_model") == 2
         assert act.metric("modeldeploy_activator_forwarded_total", **LABELS) == 0
+
+
+def test_grpc_stream_held_on_its_first_message_then_forwarded(digits: Digits, ports: tuple[int, int, int],
+                                                              tmp_path: Path) -> None:
+    """ModelStreamInfer (bidirectional): held on its first message until Triton is up, then every
+    message of the stream goes through and every answer comes back in order."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    routes = tmp_path / "routes.json"
+    write_routes(routes, [_route(ports[0], ports[1])])
+    with running_activator(tmp_path / "activator.log", {"MD_ACTIVATOR_ROUTES_FILE": str(routes)}) as act:
+        _wait(lambda: act.metric("modeldeploy_activator_routes") == 1, 10, "the route to load")
+        answers: queue.Queue[tuple[object, object]] = queue.Queue()
+        client = grpcclient.InferenceServerClient(act.grpc_url)
+        client.start_stream(callback=lambda result, error: answers.put((result, error)), stream_timeout=120)
+        for i in range(5):
+            inp = grpcclient.InferInput("x", [1, 1, 8, 8], "FP32")
+            inp.set_data_from_numpy(digits.x[i:i + 1])
+            client.async_stream_infer(NAME, [inp], request_id=str(i))
+        _wait(lambda: act.metric("modeldeploy_activator_held_requests", **LABELS) == 1, 30, "the held stream")
+        with serving.running(digits.repo, tmp_path / "triton.log", ports=ports):
+            got = [answers.get(timeout=60) for _ in range(5)]
+            client.stop_stream()
+        for i, (result, error) in enumerate(got):
+            assert error is None, error
+            assert result.get_response().id == str(i)  # type: ignore[attr-defined]
+            np.testing.assert_allclose(result.as_numpy("output_0"), digits.torch_logits[i:i + 1],  # type: ignore[attr-defined]
+                                       atol=1e-4, rtol=1e-4)
