@@ -77,6 +77,11 @@ class Clients:
     threads: list[threading.Thread] = field(default_factory=list)
 
 
+def _describe(e: BaseException) -> str:
+    status = e.status() if callable(getattr(e, "status", None)) else ""  # type: ignore[attr-defined]
+    return f"{type(e).__name__}(status={status}, {str(e)[:120]})"
+
+
 def _http_client(url: str, x: np.ndarray, out: Outcome) -> None:
     import tritonclient.http as httpclient
 
@@ -87,7 +92,7 @@ def _http_client(url: str, x: np.ndarray, out: Outcome) -> None:
         out.sent = time.monotonic()
         out.logits = client.infer(NAME, [inp]).as_numpy("output_0")
     except Exception as e:
-        out.error = f"http: {e!r}"
+        out.error = f"http: {_describe(e)}"
     out.answered = time.monotonic()
 
 
@@ -101,7 +106,7 @@ def _grpc_client(url: str, x: np.ndarray, out: Outcome) -> None:
         out.sent = time.monotonic()
         out.logits = client.infer(NAME, [inp], client_timeout=180).as_numpy("output_0")
     except Exception as e:
-        out.error = f"grpc: {e!r}"
+        out.error = f"grpc: {_describe(e)}"
     out.answered = time.monotonic()
 
 
@@ -285,3 +290,103 @@ def test_grpc_stream_held_on_its_first_message_then_forwarded(digits: Digits, po
             assert result.get_response().id == str(i)  # type: ignore[attr-defined]
             np.testing.assert_allclose(result.as_numpy("output_0"), digits.torch_logits[i:i + 1],  # type: ignore[attr-defined]
                                        atol=1e-4, rtol=1e-4)
+
+
+def _held(act, n: int) -> None:  # type: ignore[no-untyped-def]
+    _wait(lambda: act.metric("modeldeploy_activator_held_requests", **LABELS) == n, 60, f"{n} held requests")
+
+
+def _signal(act, sig: int) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    os.killpg(act.process.pid, sig)
+
+
+def test_sigterm_drains_held_requests_to_a_late_pod_then_refuses_new_ones(digits: Digits, ports: tuple[int, int, int],
+                                                                           tmp_path: Path) -> None:
+    import signal
+
+    routes = tmp_path / "routes.json"
+    write_routes(routes, [_route(ports[0], ports[1])])
+    with running_activator(tmp_path / "activator.log", {
+        "MD_ACTIVATOR_ROUTES_FILE": str(routes), "MD_ACTIVATOR_DRAIN_SECONDS": "30",
+        "MD_ACTIVATOR_UNREADY_SECONDS": "1",
+    }) as act:
+        clients = _start_clients(act.http_url, act.grpc_url, digits.x[:20])
+        _held(act, 20)
+        _signal(act, signal.SIGTERM)
+        _wait(lambda: not _readyz(act.admin_url), 5, "not ready after SIGTERM")
+        late = _start_clients(act.http_url, act.grpc_url, digits.x[20:22])  # within unreadySeconds: still taken
+        _held(act, 22)
+        time.sleep(1.2)
+        status, headers, took = _raw_infer(act.http_url, digits.x[:1])  # draining: refused, never held
+        assert status == 503 and headers.get("Retry-After") == "1" and took < 1, (status, headers, took)
+        with serving.running(digits.repo, tmp_path / "triton.log", ports=ports):
+            for t in clients.threads + late.threads:
+                t.join(timeout=60)
+        outcomes = clients.outcomes + late.outcomes
+        assert [o.error for o in outcomes if o.error] == []
+        assert all(o.logits is not None for o in outcomes)
+        assert act.process.wait(timeout=30) == 0  # exits once nothing is held
+
+
+def test_sigterm_with_no_pod_coming_answers_held_requests_503_not_a_reset(digits: Digits, tmp_path: Path) -> None:
+    import signal
+
+    routes = tmp_path / "routes.json"
+    write_routes(routes, [_route(free_port(), free_port())])
+    with running_activator(tmp_path / "activator.log", {
+        "MD_ACTIVATOR_ROUTES_FILE": str(routes), "MD_ACTIVATOR_DRAIN_SECONDS": "1",
+    }) as act:
+        clients = _start_clients(act.http_url, act.grpc_url, digits.x[:6])
+        _held(act, 6)
+        began = time.monotonic()
+        _signal(act, signal.SIGTERM)
+        for t in clients.threads:
+            t.join(timeout=30)
+        errors = [o.error for o in clients.outcomes]
+        assert all(("503" in e or "stopping" in e) if e.startswith("http") else "UNAVAILABLE" in e
+                   for e in errors), errors
+        assert time.monotonic() - began < 5
+        assert act.process.wait(timeout=10) == 0
+
+
+def test_sigkill_while_holding_what_clients_see_and_the_other_replica_answers(digits: Digits,
+                                                                               ports: tuple[int, int, int],
+                                                                               tmp_path: Path) -> None:
+    """A replica killed outright (OOM, node loss) loses its held requests: the clients see their
+    connection reset at once (never a hang); a retry (a new connection, which the Service sends to
+    the other replica) is held there and answered."""
+    import signal
+
+    routes = tmp_path / "routes.json"
+    write_routes(routes, [_route(ports[0], ports[1])])
+    env = {"MD_ACTIVATOR_ROUTES_FILE": str(routes)}
+    with running_activator(tmp_path / "a.log", env) as a, running_activator(tmp_path / "b.log", env) as b:
+        clients = _start_clients(a.http_url, a.grpc_url, digits.x[:20])
+        _held(a, 20)
+        began = time.monotonic()
+        _signal(a, signal.SIGKILL)
+        for t in clients.threads:
+            t.join(timeout=30)
+        seen = sorted({o.error.split("(")[0] + ": " + o.error.split("(")[1][:40] for o in clients.outcomes
+                       if o.error})
+        print(f"\nSIGKILL of the activator holding 20 requests: {sum(1 for o in clients.outcomes if o.error)} "
+              f"clients got errors within {max(o.answered for o in clients.outcomes) - began:.2f}s: {seen}")
+        assert all(o.error for o in clients.outcomes)
+        retries = _start_clients(b.http_url, b.grpc_url, digits.x[:20])
+        _held(b, 20)
+        with serving.running(digits.repo, tmp_path / "triton.log", ports=ports):
+            for t in retries.threads:
+                t.join(timeout=60)
+        assert [o.error for o in retries.outcomes if o.error] == []
+        np.testing.assert_allclose(np.concatenate([o.logits for o in retries.outcomes]),  # type: ignore[misc]
+                                   digits.torch_logits[:20], atol=1e-4, rtol=1e-4)
+
+
+def _readyz(admin_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{admin_url}/readyz", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False

@@ -122,6 +122,13 @@ async def run(settings: ActivatorSettings, stop: asyncio.Event, ready: asyncio.E
     log.info("draining: %d held request(s) may finish within %.0fs", gates.waiting, deadline - loop.time())
     while gates.waiting and loop.time() < deadline:
         await asyncio.sleep(0.1)
+    if gates.waiting:
+        log.info("drain time over: answering %d held request(s) 503 with Retry-After", gates.refuse_held())
+        for _ in range(20):  # let the handlers write their answers
+            if not gates.waiting:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
     await grpc_server.stop(grace=max(0.0, min(5.0, deadline - loop.time())))
     await http_runner.cleanup()
     await admin_runner.cleanup()

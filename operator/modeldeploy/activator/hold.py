@@ -86,6 +86,7 @@ class Gate:
         self.cold_since: float | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._labels = {"namespace": route.namespace, "name": route.name}
+        self._refusal: Refused | None = None  # set when the activator stops: held requests get it
 
     @property
     def is_open(self) -> bool:
@@ -99,6 +100,8 @@ class Gate:
 
     async def wait(self, deadline: float) -> float:
         """Return once the gate is open (seconds held), or raise OverCap / HoldTimeout."""
+        if self._refusal is not None:
+            raise self._refusal
         if self._open.is_set():
             return 0.0
         s = self.settings
@@ -124,6 +127,9 @@ class Gate:
         finally:
             self.waiting -= 1
             self.metrics.held.labels(**self._labels).dec()
+        if self._refusal is not None:
+            self.metrics.rejected.labels(reason=self._refusal.reason).inc()
+            raise self._refusal
         held = self._clock() - began
         self.metrics.hold_seconds.labels(**self._labels).observe(held)
         return held
@@ -151,6 +157,11 @@ class Gate:
                 return
             self._demand.want(self.route)  # renews while requests wait (throttled by the sink)
             await asyncio.sleep(self.settings.probe_interval_s)
+
+    def refuse_all(self, refusal: Refused) -> None:
+        """Answer every held request (and any later one) with `refusal`: the activator is stopping."""
+        self._refusal = refusal
+        self._open.set()
 
     async def aclose(self) -> None:
         if self._probe_task is not None:
@@ -184,6 +195,14 @@ class Gates:
     def unknown(self, problem: str) -> UnknownModel:
         self.metrics.rejected.labels(reason="unknown_model").inc()
         return UnknownModel(problem, self.settings.retry_after_s)
+
+    def refuse_held(self) -> int:
+        """At the end of the drain: answer what is still held with 503 + Retry-After 1 (a retry
+        reaches the other replica) instead of closing the connections under it."""
+        held = self.waiting
+        for g in self._gates.values():
+            g.refuse_all(Draining("the activator is stopping: retry (another replica takes the request)", 1))
+        return held
 
     @property
     def waiting(self) -> int:
