@@ -41,8 +41,20 @@ def test_endpointslice_lists_ready_activators_by_port_name() -> None:
     assert v4["metadata"]["name"] == "digits-activator" and v6["metadata"]["name"] == "digits-activator-v6"
     assert v4["metadata"]["labels"]["kubernetes.io/service-name"] == "digits"
     # not the EndpointSlice controller's own value: it would delete the slice
-    assert v4["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "modeldeploy.io/operator"
+    assert v4["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "operator.modeldeploy.io"
     assert v4["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert [e["addresses"] for e in v4["endpoints"]] == [["10.244.0.2"], ["10.244.1.7"]]
     assert {p["name"] for p in v4["ports"]} == {c.PORT_NAME_HTTP, c.PORT_NAME_GRPC}  # no metrics at zero
     assert ra.build_activator_endpointslices("digits", "ml", "uid-1", []) == []
+
+
+def test_slices_to_delete_when_switching() -> None:
+    def s(name: str, svc: str, managed: str) -> dict:
+        return {"metadata": {"name": name, "labels": {"kubernetes.io/service-name": svc,
+                                                      "endpointslice.kubernetes.io/managed-by": managed}}}
+
+    live = [s("digits-x7k2p", "digits", "endpointslice-controller.k8s.io"),
+            s("digits-activator", "digits", "operator.modeldeploy.io"),
+            s("digits-stable-abcde", "digits-stable", "endpointslice-controller.k8s.io")]
+    assert ra.slices_to_delete(live, "digits", at_zero=True) == ["digits-x7k2p"]
+    assert ra.slices_to_delete(live, "digits", at_zero=False) == ["digits-activator"]

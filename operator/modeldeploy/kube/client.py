@@ -50,6 +50,7 @@ KINDS: dict[str, Kind] = {
     "ServiceMonitor": Kind("monitoring.coreos.com/v1", "servicemonitors"),
     "Lease": Kind("coordination.k8s.io/v1", "leases"),
     "ConfigMap": Kind("v1", "configmaps"),
+    "EndpointSlice": Kind("discovery.k8s.io/v1", "endpointslices"),
     constants.KIND: Kind(constants.API_VERSION, constants.PLURAL),
     "CustomResourceDefinition": Kind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False),
 }

@@ -8,6 +8,11 @@ activator's Ready pods (read from the activator Service's own EndpointSlices). T
 back is the reverse: the selector returns (the controller makes its slices) and ours is deleted, or
 kube-proxy would send part of the traffic to the activator still.
 
+The EndpointSlice controller does not delete its own slices when a selector is removed (it only
+stops updating them: kube-proxy would keep sending traffic to the pods listed there as they go),
+so going to the activator also deletes the controller's slices of the Service (`slices_to_delete`).
+Measured against a real kube-apiserver: tests/integration/test_activator_switch.py.
+
 Ports are matched by name: the slice maps `http` and `grpc` to the activator's ports; the
 `metrics` port gets no endpoints at zero (there is no Triton to scrape).
 """
@@ -23,7 +28,7 @@ from ..activator.routes import Route
 from . import labels
 from .services import service_ports
 
-ENDPOINTSLICE_MANAGED_BY: Final = "modeldeploy.io/operator"
+ENDPOINTSLICE_MANAGED_BY: Final = "operator.modeldeploy.io"  # a label value: no "/" (the API server refuses it)
 LABEL_SERVICE_NAME: Final = "kubernetes.io/service-name"
 LABEL_SLICE_MANAGED_BY: Final = "endpointslice.kubernetes.io/managed-by"
 ACTIVATOR_HTTP_PORT: Final = 8000
@@ -92,3 +97,18 @@ def build_activator_endpointslices(md_name: str, namespace: str, owner_uid: str,
             ],
         })
     return out
+
+
+def slices_to_delete(slices: Iterable[dict[str, Any]], md_name: str, at_zero: bool) -> list[str]:
+    """EndpointSlices of the `<name>` Service that must go: at zero, every slice not ours (the
+    controller's, frozen once the selector is gone); serving, ours."""
+    out = []
+    for s in slices:
+        meta = s.get("metadata") or {}
+        lbl = meta.get("labels") or {}
+        if lbl.get(LABEL_SERVICE_NAME) != md_name:
+            continue
+        ours = lbl.get(LABEL_SLICE_MANAGED_BY) == ENDPOINTSLICE_MANAGED_BY
+        if ours != at_zero:
+            out.append(meta["name"])
+    return sorted(out)
