@@ -30,7 +30,8 @@ def _slices(cluster: ClusterHandle, namespace: str) -> dict[str, dict]:
 
 def test_service_switches_to_the_activator_and_back(cluster: ClusterHandle, namespace: str) -> None:
     kube = Kube(cluster.api_client())
-    owner = kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner", "namespace": namespace}})
+    owner = kube.create({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "owner", "namespace": namespace}})
     uid = owner["metadata"]["uid"]  # any object of the namespace will do as the owner here
     serving = build_services("digits", namespace, uid, "abc123")[0]
     serving["metadata"]["ownerReferences"][0].update({"apiVersion": "v1", "kind": "ConfigMap", "name": "owner"})
