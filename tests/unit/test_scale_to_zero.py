@@ -104,3 +104,19 @@ def test_recheck_in_says_when_the_window_ends() -> None:
 def test_service_target(scales: bool, replicas: int, ready: int, activators: int, target: str) -> None:
     spec = auto() if scales else api.parse_spec(MINIMAL, name="digits").autoscaling
     assert zero.service_target(spec, replicas, ready, activators) == target
+
+
+@pytest.mark.parametrize(("previous", "before", "after", "expected"), [
+    (100.0, {"a": 5.0}, {"a": 5.0}, 100.0),  # nothing moved: the previous time stands
+    (100.0, {"a": 5.0}, {"a": 7.0}, NOW),  # a request since
+    (100.0, {"a": 5.0}, {"a": 1.0}, NOW),  # counter went down: the pod restarted and counted
+    (100.0, {"a": 5.0}, {"a": 5.0, "b": 0.0}, 100.0),  # a new pod that served nothing
+    (100.0, {"a": 5.0}, {"a": 5.0, "b": 2.0}, NOW),  # a new pod that served
+    (100.0, {"a": 5.0}, {}, 100.0),  # pods gone: nothing served
+    (100.0, {"a": 5.0}, {"a": None}, None),  # a failed scrape: unknown, never idle
+    (100.0, None, {"a": 5.0}, None),  # no earlier read (operator restart): unknown
+    (None, {"a": 0.0}, {"a": 0.0}, NOW - 2),  # never served: idle since the first read (a model nobody calls)
+])
+def test_last_request_at(previous: float | None, before: dict[str, float] | None, after: dict[str, float | None],
+                         expected: float | None) -> None:
+    assert zero.last_request_at(previous, NOW, before, NOW - 2, after) == expected

@@ -95,3 +95,25 @@ def service_target(spec: AutoscalingSpec, replicas: int, ready: int, activator_r
     if replicas <= 0 or ready <= 0:
         return TARGET_ACTIVATOR
     return TARGET_PODS
+
+
+def last_request_at(previous: float | None, now: float, before: dict[str, float] | None, before_at: float,
+                    after: dict[str, float | None]) -> float | None:
+    """When the model last served a request (at the latest), from two reads of each Ready pod's
+    request counter (Triton's success + failure, by pod name; None where the scrape failed), the
+    first taken at `before_at`.
+
+    Any counter that moved (or went down: the pod restarted and counted again, or a pod new since
+    the last read already counted one) means a request in between: `now`. No counter moved: the
+    previous answer stands, or, with none yet, `before_at` (no request since then; one just before
+    it is possible, so the idle window counts from there: never too early). A failed scrape, or no
+    earlier read to compare with, is unknown: None, which decide() never takes for idleness.
+    """
+    if any(v is None for v in after.values()) or before is None:
+        return None
+    for pod, count in after.items():
+        assert count is not None
+        was = before.get(pod)
+        if (was is None and count > 0) or (was is not None and count != was):
+            return now
+    return previous if previous is not None else before_at
