@@ -390,3 +390,53 @@ def _readyz(admin_url: str) -> bool:
             return r.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
+
+
+def test_connections_are_not_pinned_to_the_activator(digits: Digits, ports: tuple[int, int, int],
+                                                     tmp_path: Path) -> None:
+    """kube-proxy picks a backend per connection: the activator closes every HTTP connection after its
+    answer and sends gRPC connections GOAWAY after their maximum age, so clients reconnect (through
+    the Service, to the pods once it points at them). Neither costs the client an error: a gRPC call
+    held across the connection's age is answered, and later calls on the same channel succeed."""
+    import http.client
+    import json
+
+    import tritonclient.grpc as grpcclient
+
+    routes = tmp_path / "routes.json"
+    write_routes(routes, [_route(ports[0], ports[1])])
+    with running_activator(tmp_path / "activator.log", {
+        "MD_ACTIVATOR_ROUTES_FILE": str(routes), "MD_ACTIVATOR_GRPC_MAX_CONNECTION_AGE_SECONDS": "1",
+    }) as act:
+        _wait(lambda: act.metric("modeldeploy_activator_routes") == 1, 10, "the route to load")
+        client = grpcclient.InferenceServerClient(act.grpc_url)
+        held = Outcome()
+
+        def call() -> None:
+            inp = grpcclient.InferInput("x", [1, 1, 8, 8], "FP32")
+            inp.set_data_from_numpy(digits.x[:1])
+            try:
+                held.logits = client.infer(NAME, [inp], client_timeout=60).as_numpy("output_0")
+            except Exception as e:
+                held.error = _describe(e)
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        _held(act, 1)
+        time.sleep(2.5)  # past the connection's age while the call is held
+        with serving.running(digits.repo, tmp_path / "triton.log", ports=ports):
+            t.join(timeout=60)
+            assert held.error == "" and held.logits is not None
+            for _ in range(3):  # the same channel, across more GOAWAYs
+                time.sleep(1.2)
+                call()
+                assert held.error == "", held.error
+
+            conn = http.client.HTTPConnection(act.http_url)  # a keep-alive client
+            body = json.dumps({"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                           "data": digits.x[:1].flatten().tolist()}]})
+            conn.request("POST", f"/v2/models/{NAME}/infer", body=body, headers={"Connection": "keep-alive"})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200 and resp.getheader("Connection") == "close"
+            conn.close()

@@ -101,7 +101,9 @@ async def run(settings: ActivatorSettings, stop: asyncio.Event, ready: asyncio.E
     admin_site = web.TCPSite(admin_runner, settings.address, settings.admin_port)
     await http_site.start()
     await admin_site.start()
-    grpc_server, grpc_port = await start_server(grpc_proxy, settings.address, settings.grpc_port)
+    grpc_server, grpc_port = await start_server(
+        grpc_proxy, settings.address, settings.grpc_port, settings.grpc_max_connection_age_s,
+        grace_s=settings.hold.timeout_s + settings.forward_timeout_s)
     if grpc_port == 0:
         raise OSError(f"cannot listen for gRPC on {settings.address}:{settings.grpc_port}")
     log.info("listening: http %s:%d, grpc %d, admin %d; hold up to %d requests per model for %gs",

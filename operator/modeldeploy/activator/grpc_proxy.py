@@ -159,10 +159,22 @@ class GrpcProxy:
             writer.cancel()
 
 
-async def start_server(proxy: GrpcProxy, address: str, port: int) -> tuple[aio.Server, int]:
-    server = aio.server(options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                 ("grpc.so_reuseport", 0)])
+def server_options(max_connection_age_s: float, grace_s: float) -> list[tuple[str, int]]:
+    """gRPC channels are long-lived HTTP/2 connections, and kube-proxy picks a backend per connection:
+    a client would stay on the activator after the model's Service went back to its pods. So every
+    connection is told to go away (GOAWAY) after `max_connection_age_s`; calls in flight may finish
+    within `grace_s` (held ones included), and the client's channel reconnects by itself, through
+    the Service, to the pods."""
+    return [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(grace_s * 1000))]
+
+
+async def start_server(proxy: GrpcProxy, address: str, port: int, max_connection_age_s: float = 10.0,
+                       grace_s: float = 600.0) -> tuple[aio.Server, int]:
+    server = aio.server(options=server_options(max_connection_age_s, grace_s))
     server.add_generic_rpc_handlers((proxy.handler(),))
     bound = server.add_insecure_port(f"{'[' + address + ']' if ':' in address else address}:{port}")
     await server.start()

@@ -76,6 +76,14 @@ class HttpProxy:
             await self._session.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Every answer closes its connection: kube-proxy chooses a backend per connection, so a
+        keep-alive client would otherwise stay on the activator after the model's Service went back
+        to its pods. The next request's new connection reaches the pods directly."""
+        resp = await self._handle(request)
+        resp.force_close()
+        return resp
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
         try:
             self.gates.check_draining()

@@ -27,6 +27,9 @@ OPTIONS: Final[dict[str, tuple[str, str, str]]] = {
     "probe-interval": ("MD_ACTIVATOR_PROBE_INTERVAL_SECONDS", "0.1",
                        "how often a held model's pods are asked whether they are ready"),
     "forward-timeout": ("MD_ACTIVATOR_FORWARD_TIMEOUT_SECONDS", "300", "most time one forwarded request takes"),
+    "grpc-max-connection-age": ("MD_ACTIVATOR_GRPC_MAX_CONNECTION_AGE_SECONDS", "10",
+                                "gRPC connections are sent GOAWAY after this, so clients reconnect "
+                                "(to the pods once the Service points at them again)"),
     "max-body-bytes": ("MD_ACTIVATOR_MAX_BODY_BYTES", str(256 * 2**20), "largest HTTP request body held"),
     "demand-renew": ("MD_ACTIVATOR_DEMAND_RENEW_SECONDS", "5", "demand is written again at most this often"),
     "namespace": ("MD_ACTIVATOR_NAMESPACE", "", "namespace of the demand Lease and routes ConfigMap"),
@@ -54,6 +57,7 @@ class ActivatorSettings:
     grpc_port: int = DEFAULT_GRPC_PORT
     admin_port: int = DEFAULT_ADMIN_PORT
     forward_timeout_s: float = 300.0
+    grpc_max_connection_age_s: float = 10.0
     max_body_bytes: int = 256 * 2**20
     demand_renew_s: float = 5.0
     namespace: str = ""
@@ -108,6 +112,7 @@ def activator_settings(argv: Sequence[str], env: Mapping[str, str]) -> Activator
         hold=hold, address=raw["address"], http_port=ports["http-port"], grpc_port=ports["grpc-port"],
         admin_port=ports["admin-port"],
         forward_timeout_s=_num(var("forward-timeout"), raw["forward-timeout"], 0.1, 86400),
+        grpc_max_connection_age_s=_num(var("grpc-max-connection-age"), raw["grpc-max-connection-age"], 1, 86400),
         max_body_bytes=int(_num(var("max-body-bytes"), raw["max-body-bytes"], 1024, 2**31 - 1, integer=True)),
         demand_renew_s=_num(var("demand-renew"), raw["demand-renew"], 0.1, 3600),
         namespace=raw["namespace"], demand_lease=raw["demand-lease"], routes_configmap=raw["routes-configmap"],
