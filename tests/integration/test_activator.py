@@ -440,3 +440,16 @@ def test_connections_are_not_pinned_to_the_activator(digits: Digits, ports: tupl
             resp.read()
             assert resp.status == 200 and resp.getheader("Connection") == "close"
             conn.close()
+
+
+def test_held_bodies_have_a_memory_budget(digits: Digits, tmp_path: Path) -> None:
+    routes = tmp_path / "routes.json"
+    write_routes(routes, [_route(free_port(), free_port())])
+    with running_activator(tmp_path / "activator.log", {
+        "MD_ACTIVATOR_ROUTES_FILE": str(routes), "MD_ACTIVATOR_MAX_HELD_BYTES": "1024",
+        "MD_ACTIVATOR_HOLD_TIMEOUT_SECONDS": "1",
+    }) as act:
+        _wait(lambda: act.metric("modeldeploy_activator_routes") == 1, 10, "the route to load")
+        status, headers, took = _raw_infer(act.http_url, digits.x[:8])  # 512 floats as JSON: over 1 kB
+        assert status == 429 and headers.get("Retry-After") == "2" and took < 1, (status, took)
+        assert act.metric("modeldeploy_activator_rejected_model_total", **LABELS, reason="over_cap") == 1

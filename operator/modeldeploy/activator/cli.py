@@ -78,7 +78,8 @@ async def run(settings: ActivatorSettings, stop: asyncio.Event, ready: asyncio.E
         return await http.probe(route)
 
     gates = Gates(settings.hold, metrics, probe, demand)
-    http = HttpProxy(routes.table, gates, settings.max_body_bytes, settings.forward_timeout_s)
+    http = HttpProxy(routes.table, gates, settings.max_body_bytes, settings.forward_timeout_s,
+                     settings.max_held_bytes)
     grpc_proxy = GrpcProxy(routes.table, gates, settings.forward_timeout_s)
 
     stop_threads = threading.Event()

@@ -192,6 +192,16 @@ class Gates:
             self.metrics.rejected.labels(reason="draining").inc()
             raise Draining("the activator is stopping: retry (another replica takes the request)", 1)
 
+    def over_budget(self, route: Route, budget: int) -> OverCap:
+        """A request body that would take the held bodies past the replica's memory budget: 429."""
+        self.metrics.rejected.labels(reason="over_cap").inc()
+        self.metrics.rejected_model.labels(namespace=route.namespace, name=route.name, reason="over_cap").inc()
+        return OverCap(f"the activator holds {budget} bytes of requests already", self.settings.retry_after_s)
+
+    def timed_out(self, route: Route) -> HoldTimeout:
+        self.metrics.timed_out.labels(namespace=route.namespace, name=route.name).inc()
+        return HoldTimeout(f"{route.key} has no Ready pod yet", self.settings.retry_after_s)
+
     def unknown(self, problem: str) -> UnknownModel:
         self.metrics.rejected.labels(reason="unknown_model").inc()
         return UnknownModel(problem, self.settings.retry_after_s)

@@ -41,10 +41,12 @@ class HttpProxy:
     """Resolve, hold, forward."""
 
     def __init__(self, table: Callable[[], RouteTable], gates: Gates, max_body_bytes: int,
-                 forward_timeout_s: float) -> None:
+                 forward_timeout_s: float, max_held_bytes: int = 2**30) -> None:
         self._table = table
         self.gates = gates
         self.max_body_bytes = max_body_bytes
+        self.max_held_bytes = max_held_bytes  # request bodies in memory at once, all models
+        self.held_bytes = 0
         self.forward_timeout_s = forward_timeout_s
         self._session: aiohttp.ClientSession | None = None
 
@@ -85,6 +87,7 @@ class HttpProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
+        route: Route | None = None
         try:
             self.gates.check_draining()
             found = resolve_http(self._table(), request.host, request.path)
@@ -92,27 +95,37 @@ class HttpProxy:
                 raise self.gates.unknown(found.problem)
             route = found.route
             self.gates.metrics.received.labels(namespace=route.namespace, name=route.name).inc()
+            size = request.content_length or 0
+            if self.held_bytes + size > self.max_held_bytes:
+                raise self.gates.over_budget(route, self.max_held_bytes)
             body = await request.read()
-            deadline = arrived + self.gates.settings.timeout_s
-            while True:
-                gate = self.gates.gate(route)
-                await gate.wait(deadline)
-                try:
-                    return await self._forward(request, route, body)
-                except aiohttp.ClientConnectorError as e:  # nothing was sent: hold it again
-                    log.info("%s: cannot connect to %s (%s): holding", route.key, route.http, e.__class__.__name__)
-                    gate.close()
-                    if time.monotonic() >= deadline:
-                        raise
+            if self.held_bytes + len(body) > self.max_held_bytes:  # a chunked body, known only now
+                raise self.gates.over_budget(route, self.max_held_bytes)
+            self.held_bytes += len(body)
+            try:
+                return await self._hold_and_forward(request, route, body, arrived + self.gates.settings.timeout_s)
+            finally:
+                self.held_bytes -= len(body)
         except Refused as e:
             return refusal(e)
-        except web.HTTPException:
-            raise
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("%s %s: forward failed: %s", request.method, request.path, e.__class__.__name__)
-            if "route" in locals():
+            if route is not None:
                 self.gates.metrics.backend_errors.labels(namespace=route.namespace, name=route.name).inc()
             return web.Response(status=502, text=f"the model's pod did not answer: {e.__class__.__name__}\n")
+
+    async def _hold_and_forward(self, request: web.Request, route: Route, body: bytes,
+                                deadline: float) -> web.StreamResponse:
+        while True:
+            gate = self.gates.gate(route)
+            await gate.wait(deadline)
+            try:
+                return await self._forward(request, route, body)
+            except aiohttp.ClientConnectorError as e:  # nothing was sent: hold it again
+                log.info("%s: cannot connect to %s (%s): holding", route.key, route.http, e.__class__.__name__)
+                gate.close()
+                if time.monotonic() >= deadline:
+                    raise self.gates.timed_out(route) from None
 
     async def _forward(self, request: web.Request, route: Route, body: bytes) -> web.StreamResponse:
         assert self._session is not None

@@ -31,6 +31,8 @@ OPTIONS: Final[dict[str, tuple[str, str, str]]] = {
                                 "gRPC connections are sent GOAWAY after this, so clients reconnect "
                                 "(to the pods once the Service points at them again)"),
     "max-body-bytes": ("MD_ACTIVATOR_MAX_BODY_BYTES", str(256 * 2**20), "largest HTTP request body held"),
+    "max-held-bytes": ("MD_ACTIVATOR_MAX_HELD_BYTES", str(2**30), "HTTP request bodies in memory at once, all "
+                       "models; past it requests get 429"),
     "demand-renew": ("MD_ACTIVATOR_DEMAND_RENEW_SECONDS", "5", "demand is written again at most this often"),
     "namespace": ("MD_ACTIVATOR_NAMESPACE", "", "namespace of the demand Lease and routes ConfigMap"),
     "demand-lease": ("MD_ACTIVATOR_DEMAND_LEASE", "", "name of the demand Lease (empty: no demand written)"),
@@ -59,6 +61,7 @@ class ActivatorSettings:
     forward_timeout_s: float = 300.0
     grpc_max_connection_age_s: float = 10.0
     max_body_bytes: int = 256 * 2**20
+    max_held_bytes: int = 2**30
     demand_renew_s: float = 5.0
     namespace: str = ""
     demand_lease: str = ""
@@ -114,6 +117,7 @@ def activator_settings(argv: Sequence[str], env: Mapping[str, str]) -> Activator
         forward_timeout_s=_num(var("forward-timeout"), raw["forward-timeout"], 0.1, 86400),
         grpc_max_connection_age_s=_num(var("grpc-max-connection-age"), raw["grpc-max-connection-age"], 1, 86400),
         max_body_bytes=int(_num(var("max-body-bytes"), raw["max-body-bytes"], 1024, 2**31 - 1, integer=True)),
+        max_held_bytes=int(_num(var("max-held-bytes"), raw["max-held-bytes"], 1024, 2**40, integer=True)),
         demand_renew_s=_num(var("demand-renew"), raw["demand-renew"], 0.1, 3600),
         namespace=raw["namespace"], demand_lease=raw["demand-lease"], routes_configmap=raw["routes-configmap"],
         routes_file=Path(raw["routes-file"]) if raw["routes-file"] else None, identity=raw["identity"],
