@@ -44,6 +44,7 @@ def test_two_replicas_a_pdb_and_pods_meeting_restricted_pod_security() -> None:
     assert env["MD_ACTIVATOR_ROUTES_CONFIGMAP"] == f"{NAME}-routes"
     assert env["MD_ACTIVATOR_DEMAND_LEASE"] == f"{NAME}-demand"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert env["MD_ACTIVATOR_MAX_HELD_BYTES"] == str(256 * 2**20)  # half the memory limit
 
 
 def test_rbac_is_two_named_objects_in_its_own_namespace() -> None:
