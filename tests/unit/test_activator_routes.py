@@ -96,3 +96,24 @@ def test_dump_and_parse_round_trip() -> None:
     assert parse_routes("").routes == ()  # an empty ConfigMap: no models at zero
     assert v2_model_name("/v2/models/my%20model/infer") == "my model"
     assert v2_model_name("/v2/health/ready") is None
+
+
+def test_a_removed_route_stays_routable_for_a_grace_period() -> None:
+    from modeldeploy.activator.source import Routes
+
+    now = [0.0]
+    seen: list[int] = []
+    routes = Routes(lambda t: seen.append(len(t.routes)), grace_s=60, clock=lambda: now[0])
+    routes.update(json.dumps({"models": [DIGITS, RESNET_A]}))
+    routes.update(json.dumps({"models": [RESNET_A]}))  # the operator: digits is serving again
+    assert seen == [2, 1]  # what the operator lists
+    assert routes.table().get("ml", "digits") is not None  # in-flight connections still forwarded
+    now[0] = 59.0
+    assert routes.table().get("ml", "digits") is not None
+    now[0] = 60.5
+    assert routes.table().get("ml", "digits") is None and routes.table().get("team-a", "resnet") is not None
+    routes.update(json.dumps({"models": [RESNET_A, {**DIGITS, "http": "x:1"}]}))  # back at zero, new backend
+    routes.update(json.dumps({"models": [RESNET_A, DIGITS]}))
+    assert routes.table().get("ml", "digits").http == DIGITS["http"]  # type: ignore[union-attr]
+    routes.update("not json")  # a bad document keeps the table
+    assert len(routes.table().routes) == 2

@@ -26,7 +26,7 @@ from .grpc_proxy import GrpcProxy, start_server
 from .hold import Gates
 from .http_proxy import AdminApp, HttpProxy
 from .metrics import ActivatorMetrics
-from .routes import Route
+from .routes import Route, RouteTable
 from .settings import ActivatorSettings, SettingsError, activator_settings
 from .source import Routes, poll_file
 
@@ -64,9 +64,9 @@ async def run(settings: ActivatorSettings, stop: asyncio.Event, ready: asyncio.E
     demand = ThrottledDemand(sink, metrics, settings.demand_renew_s)
     gates: Gates | None = None
 
-    def routes_changed(table: object) -> None:
+    def routes_changed(table: RouteTable) -> None:
         def apply() -> None:
-            metrics.routes.set(len(routes.table().routes))
+            metrics.routes.set(len(table.routes))  # the operator's list (not the ones leaving)
             if gates is not None:
                 gates.prune(set(routes.table().by_key))
 
