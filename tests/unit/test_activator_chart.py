@@ -81,3 +81,13 @@ def test_settings_reach_the_container() -> None:
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MD_ACTIVATOR_MAX_HELD"] == "50" and env["MD_ACTIVATOR_HOLD_TIMEOUT_SECONDS"] == "300"
     assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 45
+
+
+def test_chart_lints_with_the_activator_on() -> None:
+    import subprocess
+
+    from tests.support.chart import CHART
+
+    proc = subprocess.run([str(chart.helm()), "lint", "--strict", str(CHART), "--set", "activator.enabled=true"],
+                          text=True, capture_output=True, timeout=120)
+    assert proc.returncode == 0 and "0 chart(s) failed" in proc.stdout, proc.stdout + proc.stderr
