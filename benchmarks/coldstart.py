@@ -39,6 +39,7 @@ import argparse
 import hashlib
 import ipaddress
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -216,7 +217,8 @@ def measure(tc: ClusterHandle, path: str, spec: dict[str, Any], timeout: float) 
     tc.apply(spec, ns)
     (first,) = wait_ready(tc, ns, name, 1, began, timeout).values()
     log(f"{name} {path}: apply -> first pod Ready {first:.1f} s")
-    out: dict[str, Any] = {"first_ready_s": first, "first_pod": timeline(pods(tc, ns, name)[0])}
+    out: dict[str, Any] = {"first_ready_s": first, "first_pod": timeline(pods(tc, ns, name)[0]),
+                           "load_average_1m": os.getloadavg()[0]}  # the machine is shared: how busy it was
     out["second_ready_s"], out["second_pods"] = scale(tc, ns, name, 2, timeout)
     log(f"{name} {path}: scale 1->2 -> new pod Ready {out['second_ready_s']:.1f} s")
     tc.kubectl("scale", f"modeldeployment/{name}", "-n", ns, "--replicas=1")

@@ -38,9 +38,13 @@ mkdir -p "$cache" "$(dirname "$out")"
 # 1. Triton from the nvidia-pytriton wheel (cached by hack/triton/fetch.py).
 triton_root=$("$py" "$root/hack/triton/fetch.py" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["root"])')
 
-# 2. The build context: /opt/tritonserver layout plus a wheelhouse.
-ctx=$cache/context
-rm -rf "$ctx" && mkdir -p "$ctx/opt/tritonserver/bin" "$ctx/wheels"
+# 2. The build context: /opt/tritonserver layout plus a wheelhouse, in a directory of this build's
+# own (as hack/images/operator-image.sh): two checkouts building at once must not share a context
+# or a rootfs. --context-only leaves it for the caller.
+work=$(mktemp -d "$cache/build.XXXXXX")
+[ "$context_only" = 1 ] || trap 'rm -rf "$work"' EXIT
+ctx=$work/context
+mkdir -p "$ctx/opt/tritonserver/bin" "$ctx/wheels"
 cp -a "$triton_root/tritonserver/bin/tritonserver" "$ctx/opt/tritonserver/bin/"
 cp -a "$triton_root/nvidia_pytriton.libs" "$ctx/opt/tritonserver/lib"
 cp -a "$triton_root/backends" "$ctx/opt/tritonserver/backends"
@@ -65,8 +69,8 @@ fi
 
 # 4. No engine: a minbase bookworm rootfs (cached), then the same steps as Dockerfile.cpu.
 base=$("$root/hack/images/debian-base.sh")
-rootfs=$cache/rootfs
-rm -rf "$rootfs" && mkdir -p "$rootfs"
+rootfs=$work/rootfs
+mkdir -p "$rootfs"
 tar --numeric-owner -C "$rootfs" -xf "$base"
 cp -a "$ctx/opt/tritonserver" "$rootfs/opt/tritonserver"
 site=$rootfs/usr/local/lib/python3.11/dist-packages
@@ -87,7 +91,7 @@ if [ "$check" = 1 ]; then
   rm -rf "$rootfs/models/"* "$rootfs/tmp/"*
 fi
 
-cat > "$cache/config.json" <<JSON
+cat > "$work/config.json" <<JSON
 {
   "User": "1000:1000",
   "WorkingDir": "/tmp",
@@ -100,4 +104,4 @@ cat > "$cache/config.json" <<JSON
 }
 JSON
 log "packing $out"
-PYTHONPATH="$root/hack" "$py" -m localcluster.oci "$rootfs" "$out" --name "$name" --config "$cache/config.json"
+PYTHONPATH="$root/hack" "$py" -m localcluster.oci "$rootfs" "$out" --name "$name" --config "$work/config.json"

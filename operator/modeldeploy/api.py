@@ -42,6 +42,8 @@ DEFAULT_QUEUE_TIME_TARGET: Final = "50ms"
 DEFAULT_SCALE_DOWN_DELAY: Final = "300s"
 DEFAULT_STABLE_WINDOW: Final = "60s"
 DEFAULT_PANIC_WINDOW: Final = "6s"
+MIN_SCALE_TO_ZERO_AFTER_S: Final = 30.0  # shorter idle windows would flap (and reload the model) for nothing
+MAX_SCALE_TO_ZERO_AFTER_S: Final = 7 * 86400.0
 DEFAULT_STRATEGY: Final = "Canary"
 DEFAULT_MAX_SURGE_GPUS: Final[int | None] = None  # unset: one pod (rollout/replicas.py)
 DEFAULT_PROGRESS_DEADLINE: Final = "10m"
@@ -280,6 +282,14 @@ class AutoscalingSpec:
     scale_down_delay: float = 300.0
     stable_window: float = 60.0
     panic_window: float = 6.0
+    # minReplicas: 0 parses as min_replicas 1 (the fewest pods while serving: the recommender never
+    # goes below it) plus this idle window, after which autoscale/zero.py takes the model to 0 pods.
+    # None: the model never scales to zero.
+    scale_to_zero_after: float | None = None
+
+    @property
+    def scales_to_zero(self) -> bool:
+        return self.enabled and self.scale_to_zero_after is not None
 
 
 @dataclass(frozen=True)
@@ -753,10 +763,18 @@ def _parse_target(metric: str, raw: Any) -> tuple[float, str]:
 
 def _parse_autoscaling(m: Mapping[str, Any]) -> AutoscalingSpec:
     p = "spec.autoscaling"
-    lo = _int(m, "minReplicas", f"{p}.minReplicas", DEFAULT_MIN_REPLICAS, 1, 1000)
+    lo = _int(m, "minReplicas", f"{p}.minReplicas", DEFAULT_MIN_REPLICAS, 0, 1000)
     hi = _int(m, "maxReplicas", f"{p}.maxReplicas", DEFAULT_MAX_REPLICAS, 1, 1000)
     if lo > hi:
         raise SpecError(f"{p}.minReplicas", "must be <= spec.autoscaling.maxReplicas")
+    to_zero = _duration(m, "scaleToZeroAfter", f"{p}.scaleToZeroAfter", None)
+    if to_zero is not None and lo != 0:
+        raise SpecError(f"{p}.scaleToZeroAfter", "needs spec.autoscaling.minReplicas: 0")
+    if lo == 0 and to_zero is None:
+        raise SpecError(f"{p}.scaleToZeroAfter", "is required when spec.autoscaling.minReplicas is 0 "
+                        "(how long without requests before the model goes to zero, e.g. 10m)")
+    if to_zero is not None and not MIN_SCALE_TO_ZERO_AFTER_S <= to_zero <= MAX_SCALE_TO_ZERO_AFTER_S:
+        raise SpecError(f"{p}.scaleToZeroAfter", "must be between 30s and 168h")
     metric = str(_str(m, "metric", f"{p}.metric", DEFAULT_METRIC, choices=METRICS))
     target, text = _parse_target(metric, m.get("target"))
     stable = _duration(m, "stableWindow", f"{p}.stableWindow", DEFAULT_STABLE_WINDOW)
@@ -768,7 +786,7 @@ def _parse_autoscaling(m: Mapping[str, Any]) -> AutoscalingSpec:
     assert delay is not None
     return AutoscalingSpec(
         enabled=_bool(m, "enabled", f"{p}.enabled", DEFAULT_AUTOSCALING_ENABLED),
-        min_replicas=lo,
+        min_replicas=max(1, lo),
         max_replicas=hi,
         metric=metric,
         target=target,
@@ -776,6 +794,7 @@ def _parse_autoscaling(m: Mapping[str, Any]) -> AutoscalingSpec:
         scale_down_delay=delay,
         stable_window=stable,
         panic_window=panic,
+        scale_to_zero_after=to_zero,
     )
 
 

@@ -86,7 +86,9 @@ class Builder:
         user's model never runs before its policy exists)."""
         count = rebuild.rebuilds(previous, revision)
         state = self._observe(md, spec, revision, previous, images, now, pods, models, fenced, count)
-        return state if state.rebuilds or not count else dataclasses.replace(state, rebuilds=count)
+        if state.rebuilds or not count:
+            return state
+        return dataclasses.replace(state, rebuilds=count, **rebuild.while_rebuilding(state, count))
 
     def _observe(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, revision: str,
                  previous: Mapping[str, Any], images: Images, now: dt.datetime,

@@ -88,10 +88,14 @@ def stop(server: TritonServer) -> None:
 
 
 @contextlib.contextmanager
-def running(repository: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> Iterator[TritonServer]:
-    """Start tritonserver on `repository` (hardened flags as in the pod), wait until ready, stop after."""
+def running(repository: Path, log_path: Path, extra_args: tuple[str, ...] = (),
+            ports: tuple[int, int, int] | None = None) -> Iterator[TritonServer]:
+    """Start tritonserver on `repository` (hardened flags as in the pod), wait until ready, stop after.
+
+    `ports`: (http, grpc, metrics) chosen by the caller, for a server that must appear at an address
+    known before it starts (the activator's backend); free ports otherwise."""
     install = triton_install()
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    http, grpc, metrics = ports or (free_port(), free_port(), free_port())
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = install.lib_dir + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     argv = [

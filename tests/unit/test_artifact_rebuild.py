@@ -189,6 +189,9 @@ def test_a_copy_the_store_lost_is_rebuilt_and_then_fetched(clock: Clock) -> None
     (job,) = kube.of("Job")  # the same name, a new Job
     assert job["metadata"]["labels"][c.LABEL_REVISION] == revision and len(_events(kube, "BuildStarted")) == 2
     assert _entry(kube)[rebuild.FIELD] == 1  # kept while it builds
+    cond = _cond(_md(kube), "ArtifactReady")  # and the condition still says why it builds again
+    assert cond["status"] == "Unknown" and cond["reason"] == "ArtifactRebuild", cond
+    assert job["metadata"]["name"] in cond["message"] and "rebuild 1 of at most 3" in cond["message"], cond
     _finish_build(kube, clock.now)
     clock.tick()
     rec.reconcile(NS, "digits")

@@ -87,6 +87,23 @@ def test_what_is_not_waited_for() -> None:
     assert not waits(_job("team-a", "digits", "r1", condition="Complete", at=NOW - dt.timedelta(minutes=5)))
 
 
+def test_a_build_that_never_got_going_is_not_waited_out() -> None:
+    """A Job whose pod stays Pending (unschedulable where its owner asked, an image that cannot be
+    pulled) would hold the waiter until its deadline: past STALLED_AFTER_SECONDS the waiter builds."""
+    def waits(status: dict[str, Any], age_s: float) -> bool:
+        job = _job("team-a", "digits", "r1", created=_ts(NOW - dt.timedelta(seconds=age_s)))
+        job["status"].update(status)
+        return reuse.wait_for(KEY, [job], revision="r9", namespace="team-b", name="digits", now=NOW) is not None
+
+    limit = reuse.STALLED_AFTER_SECONDS
+    assert waits({"active": 1}, limit - 60)  # young: a node may still be on its way
+    assert not waits({"active": 1}, limit + 1)  # old, and no pod was ever Ready
+    assert not waits({}, limit + 1)
+    assert waits({"active": 1, "ready": 1}, 4 * limit)  # a long build that runs
+    assert waits({"active": 1, "failed": 2}, 4 * limit)  # retrying: its pods ran (and its owner retries it)
+    assert waits({"active": 1, "succeeded": 1}, 4 * limit)  # complete, the condition not yet written
+
+
 def test_the_build_job_carries_its_key() -> None:
     kube, rec = _world()
     rec.reconcile("ml", "digits")

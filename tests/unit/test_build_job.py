@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from modeldeploy import api
 from modeldeploy import constants as c
 from modeldeploy.config import Settings, from_env
-from modeldeploy.resources import Images, build_deployment
+from modeldeploy.resources import Images, build_deployment, quantity
 from modeldeploy.resources import build_job as bj
 from modeldeploy.resources.artifact_store import ArtifactStoreRef, store_env
 from modeldeploy.resources.deployment import ArtifactFetch, loader_env
@@ -111,8 +112,11 @@ def test_scheduled_like_the_serving_pods() -> None:
         for key in ("nodeSelector", "tolerations", "priorityClassName"):
             assert job_pod[key] == serving_pod[key]
         (build,), triton = job_pod["containers"], serving_pod["containers"][0]
-        # the builder gets the serving pods' CPU and memory, never a GPU: it does not use one
-        assert build["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+        # the builder gets the serving pods' CPU and memory (half the requests when the gate's
+        # Triton shares the pod), never a GPU: it does not use one
+        assert build["resources"] == ({"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+                                      if "optimization" in patch.get("model", {}) else
+                                      {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}})
         assert triton["resources"]["limits"]["nvidia.com/gpu"] == "2"
         assert _env(build)["MD_ARTIFACT_DEVICE"] == "nvidia.com/gpu=NVIDIA-H100"
     assert _env(_pod(_job({"serving": {"gpus": 0}}))["containers"][0])["MD_ARTIFACT_DEVICE"] == "cpu"
@@ -136,7 +140,9 @@ def test_int8_gates_run_through_the_serving_image_triton_beside_the_builder() ->
     assert gate["name"] == bj.GATE_CONTAINER and gate["restartPolicy"] == "Always"  # a native sidecar
     # the serving pods' image, and the serving container's resources: GPUs on Triton, which uses them
     assert gate["image"] == serving_triton["image"] == IMAGES.serving
-    assert gate["resources"] == serving_triton["resources"]
+    # (the pod asks for one serving pod's CPU and memory: half each, the limits whole)
+    assert gate["resources"]["limits"] == serving_triton["resources"]["limits"]
+    assert gate["resources"]["requests"] == {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": "2"}
     assert gate["resources"]["limits"]["nvidia.com/gpu"] == gate["resources"]["requests"]["nvidia.com/gpu"] == "2"
     assert "nvidia.com/gpu" not in json.dumps(build["resources"])
     # explicit model control on the builder's repository, HTTP on loopback only, no gRPC, no metrics
@@ -316,3 +322,33 @@ def test_the_chart_takes_a_pvc_store_and_keeps_the_node_cache_agent_to_s3_stores
     assert operator_env("artifacts.store=s3://artifacts", *agent)["MD_ARTIFACT_CACHE_URL"].startswith("http://")
     with pytest.raises(AssertionError, match="/artifacts/store"):  # the schema refuses a path after the claim
         chart.render("artifacts.store=pvc://model-artifacts/sub")
+
+
+def _requested(pod: dict[str, Any], resource: str) -> Decimal:
+    """What the scheduler adds up for a pod with native sidecars: every container's request (a
+    limit alone counts as the request)."""
+    total = Decimal(0)
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        res = container.get("resources") or {}
+        value = (res.get("requests") or {}).get(resource) or (res.get("limits") or {}).get(resource)
+        total += quantity.parse(value) if value else 0
+    return total
+
+
+@pytest.mark.parametrize("resources", [
+    {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
+    {"limits": {"cpu": "3", "memory": "6Gi"}},  # limits only: the API server would copy them into requests
+    {"requests": {"cpu": "1500m", "memory": "3Gi"}},
+])
+def test_the_int8_build_pod_fits_where_a_serving_pod_fits(resources: dict[str, Any]) -> None:
+    patch = _merge({"serving": {"gpus": 1, "resources": resources}}, INT8)
+    job_pod = _pod(_job(patch))
+    serving_pod = build_deployment("digits", "ml", UID, _spec(patch), "abc1234567", 1, IMAGES,
+                                   "stable")["spec"]["template"]["spec"]
+    (triton,) = [ctr for ctr in serving_pod["containers"] if ctr["name"] == c.CONTAINER_SERVING]
+    for resource in ("cpu", "memory", "nvidia.com/gpu"):
+        want = _requested({"containers": [triton]}, resource)
+        assert want > 0 and _requested(job_pod, resource) == want, resource
+    for container in [*job_pod["initContainers"], *job_pod["containers"]]:  # each may use what one Triton may
+        for name, value in (resources.get("limits") or {}).items():
+            assert container["resources"]["limits"][name] == value

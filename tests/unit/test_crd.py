@@ -150,3 +150,12 @@ def test_examples_parse(path: str) -> None:
     obj = yaml.safe_load((CRD_PATH.parents[1] / path).read_text())
     assert (obj["apiVersion"], obj["kind"]) == (c.API_VERSION, c.KIND)
     api.parse_spec(obj["spec"], name=obj["metadata"]["name"])
+
+
+def test_the_conditions_description_names_every_artifact_reason(crd: dict[str, Any]) -> None:
+    """`kubectl explain modeldeployment.status.conditions` is where a user looks up a reason."""
+    from modeldeploy.planning.build import Reason
+
+    text = " ".join(_schema(crd)["properties"]["status"]["properties"]["conditions"]["description"].split())
+    reasons = {v for k, v in vars(Reason).items() if k.isupper()}
+    assert reasons and all(r in text for r in reasons), sorted(r for r in reasons if r not in text)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from modeldeploy.loader import checkdata, onnx_meta
+from modeldeploy.loader import checkdata, onnx_meta, quantize
 from modeldeploy.loader.convert import convert
 from modeldeploy.loader.quantize import top1_agreement, write_int8
 from modeldeploy.loader.settings import InputShape
@@ -61,3 +62,21 @@ def test_every_convolution_of_a_batchnorm_net_is_quantized(tmp_path: Path) -> No
 
 def test_agreement_of_outputs_that_are_not_class_scores_is_closeness() -> None:
     assert top1_agreement(np.array([[1.0], [2.0]]), np.array([[1.001], [2.5]])) == 0.5
+
+
+def test_calibrating_a_feed_at_a_time_quantizes_exactly_as_one_run_over_all_samples(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The strided calibration (its memory: one feed's outputs, not every sample's) merges the
+    per-feed min/max: the int8 model's bytes are those of a single run over all samples."""
+    src = _conv_bn_torchscript(tmp_path / "net.pt")
+    fp32 = convert(src, "torchscript", tmp_path / "model.onnx", 8,
+                   [InputShape(name="x", dtype="float32", shape=(3, 16, 16))])
+    sig = onnx_meta.read_signature(fp32)
+    data = checkdata.generate(sig, samples=40)
+    assert data.samples > quantize.CALIBRATION_FEED  # several feeds
+    (tmp_path / "strided").mkdir()
+    write_int8(fp32, tmp_path / "strided" / "int8.onnx", data, sig)
+    monkeypatch.setattr(quantize, "CALIBRATION_FEED", data.samples)  # one feed: all samples at once
+    (tmp_path / "one").mkdir()
+    write_int8(fp32, tmp_path / "one" / "int8.onnx", data, sig)
+    assert (tmp_path / "strided" / "int8.onnx").read_bytes() == (tmp_path / "one" / "int8.onnx").read_bytes()

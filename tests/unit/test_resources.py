@@ -400,3 +400,14 @@ def test_httproute_weights_and_parents() -> None:
     assert route_weight("Progressing", 25, stable_ready=2, canary_ready=0) == 0
     assert route_weight("Progressing", 25, stable_ready=0, canary_ready=1) == 100
     assert route_weight("Promoting", 25, stable_ready=3, canary_ready=0) == 0
+
+
+@pytest.mark.parametrize(("fmt", "auto_complete"), [("onnx", False), ("torchscript", False), ("python", True)])
+def test_triton_completes_configs_only_for_a_users_python_model(fmt: str, auto_complete: bool) -> None:
+    """The loader writes inputs and outputs from the ONNX graph; auto-complete would only start a
+    second python-backend stub per pod. A user's python model may define its own config."""
+    patch: dict[str, Any] = {"model": {"format": fmt}}
+    if fmt == "python":
+        patch["model"]["source"] = {"uri": "https://example.com/model.py", "sha256": "a" * 64}
+    args = _container(_deployment(patch), c.CONTAINER_SERVING)["args"]
+    assert ("--disable-auto-complete-config" not in args) is auto_complete

@@ -85,7 +85,9 @@ def test_a_tuned_build_runs_the_serving_triton_and_gets_the_settings() -> None:
     pod = job["spec"]["template"]["spec"]
     (gate,) = pod["initContainers"]
     assert gate["name"] == bj.GATE_CONTAINER and gate["image"] == IMAGES.serving and gate["restartPolicy"] == "Always"
-    assert gate["resources"] == {"limits": {"cpu": "2", "memory": "2Gi"}, "requests": {"cpu": "2", "memory": "2Gi"}}
+    # the serving limits for both containers, the pod's requests one serving pod's (halved, as for int8)
+    half = {"limits": {"cpu": "2", "memory": "2Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}}
+    assert gate["resources"] == half and pod["containers"][0]["resources"] == half
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["MD_GATE_TRITON_URL"] == bj.GATE_URL and env["MD_GATE_REPOSITORY"] == "/models"
     assert json.loads(env["MD_TUNE"]) == {"objective": "throughput", "maxP99Ms": 50.0, "budgetSeconds": 120.0,

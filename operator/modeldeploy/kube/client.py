@@ -49,6 +49,8 @@ KINDS: dict[str, Kind] = {
     "HTTPRoute": Kind("gateway.networking.k8s.io/v1", "httproutes"),
     "ServiceMonitor": Kind("monitoring.coreos.com/v1", "servicemonitors"),
     "Lease": Kind("coordination.k8s.io/v1", "leases"),
+    "ConfigMap": Kind("v1", "configmaps"),
+    "EndpointSlice": Kind("discovery.k8s.io/v1", "endpointslices"),
     constants.KIND: Kind(constants.API_VERSION, constants.PLURAL),
     "CustomResourceDefinition": Kind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False),
 }
@@ -204,6 +206,12 @@ class Kube:
         self._call("PATCH", f"{KINDS[kind].base(namespace)}/{name}",
                    body={"metadata": {"annotations": {key: None}, "resourceVersion": resource_version}},
                    content_type="application/merge-patch+json")
+
+    def merge_patch(self, kind: str, namespace: str | None, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (no precondition: for keys only this writer sets, such as one annotation)."""
+        self.writes.add("patch")
+        return self._call("PATCH", f"{KINDS[kind].base(namespace)}/{name}", body=dict(body),
+                          content_type="application/merge-patch+json")
 
     def scale(self, kind: str, namespace: str, name: str, replicas: int) -> dict[str, Any]:
         """Set replicas through the scale subresource: touches nothing else of the object."""

@@ -89,10 +89,10 @@ def generate(sig: OnnxSignature, samples: int = GENERATED_SAMPLES, seed: int = 0
     return CheckData(inputs, None, "generated inputs")
 
 
-def chunks(data: CheckData, sig: OnnxSignature) -> Iterator[dict[str, np.ndarray]]:
-    """Feeds for the model: a fixed first dimension is honoured, a symbolic one takes up to MAX_CHUNK."""
+def chunks(data: CheckData, sig: OnnxSignature, most: int = MAX_CHUNK) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds for the model: a fixed first dimension is honoured, a symbolic one takes up to `most`."""
     fixed = sig.inputs[0].shape[0] if sig.inputs and sig.inputs[0].shape else None
-    step = fixed or MAX_CHUNK
+    step = fixed or most
     usable = data.samples - data.samples % step if fixed else data.samples
     for start in range(0, usable, step):
         yield {k: v[start : start + step] for k, v in data.inputs.items()}

@@ -116,3 +116,14 @@ def decide(previous: Mapping[str, Any], revision: str, artifact: Mapping[str, An
     return BuildState(Reason.REBUILD, f"revision {revision}: {last.describe()}; artifact {key} dropped from status, "
                                       f"building it again (rebuild {done + 1} of at most {MAX_REBUILDS})",
                       rebuilds=done + 1, rebuild=True, new_result=True)
+
+
+def while_rebuilding(state: BuildState, count: int) -> dict[str, str]:
+    """While the Job that builds a dropped artifact again runs (or retries), the condition keeps
+    saying ArtifactRebuild, with the Job's own words: a user who looks after the pass that dropped
+    the copy still sees why the revision builds again (not a plain Building)."""
+    if state.reason != Reason.BUILDING:
+        return {}
+    return {"reason": Reason.REBUILD,
+            "message": f"{state.message} (rebuild {count} of at most {MAX_REBUILDS}: pods found the stored "
+                       "copy gone or corrupt)"}

@@ -21,7 +21,9 @@ credentials Secret), exactly as the Job would: reuse then happens within that sc
 No record yet, but a build of the key under way: every build Job carries its key as the label
 `modeldeploy.io/artifact-key`. When another ModelDeployment has an unfinished Job of the same key,
 no second Job starts: the revision waits (ArtifactReady=False/WaitingForBuild, naming that build)
-and reuses its record once it is there.
+and reuses its record once it is there. A Job that never had a pod Ready, succeed or fail within
+STALLED_AFTER_SECONDS of its creation (unschedulable where its owner asked, an image that cannot
+be pulled) is not waited for: the waiter builds itself rather than wait out that Job's deadline.
 Two ModelDeployments of the same model created at the same moment are built once.
 """
 
@@ -40,6 +42,7 @@ from ..loader.errors import LoaderError
 from .build import RETRY_AFTER_SECONDS, BuildState, Reason, age
 
 _SECRET_FREE_PREFIXES: Final = ("MD_STORE_",)  # the store's credentials: not inputs of the key
+STALLED_AFTER_SECONDS: Final = 900.0  # longer than a GPU node's provisioning or a converter image's pull
 _LABEL_VALUE: Final = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -161,6 +164,16 @@ def _done(job: Mapping[str, Any], now: dt.datetime) -> bool:
     return False
 
 
+def _stalled(job: Mapping[str, Any], now: dt.datetime) -> bool:
+    """Whether the Job never got going: created long ago, and not one of its pods was ever Ready,
+    succeeded or failed (a retrying Job has failures; a running build has a Ready pod)."""
+    status = job.get("status") or {}
+    if any(status.get(k) for k in ("ready", "succeeded", "failed")):
+        return False
+    created = timefmt.parse_rfc3339((job.get("metadata") or {}).get("creationTimestamp"))
+    return created is not None and now.timestamp() - created >= STALLED_AFTER_SECONDS
+
+
 def _owned_by_a_model(job: Mapping[str, Any]) -> bool:
     return any(ref.get("kind") == constants.KIND and ref.get("controller")
                for ref in (job.get("metadata") or {}).get("ownerReferences") or ())
@@ -169,14 +182,15 @@ def _owned_by_a_model(job: Mapping[str, Any]) -> bool:
 def in_flight(jobs: Iterable[Mapping[str, Any]], key: str | None, now: dt.datetime) -> list[InFlight]:
     """The build Jobs of `key` still running (or retrying, or just complete: their record is on its
     way), oldest first: labelled with the key, controlled by a ModelDeployment, not failed, not
-    being deleted."""
+    stalled, not being deleted."""
     if not key_labels(key):
         return []
     out = []
     for job in jobs:
         meta = job.get("metadata") or {}
         labels = meta.get("labels") or {}
-        if labels.get(constants.LABEL_ARTIFACT_KEY) != key or meta.get("deletionTimestamp") or _done(job, now):
+        if labels.get(constants.LABEL_ARTIFACT_KEY) != key or meta.get("deletionTimestamp") or _done(job, now) \
+                or _stalled(job, now):
             continue
         if not _owned_by_a_model(job):
             continue

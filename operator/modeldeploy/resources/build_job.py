@@ -18,13 +18,12 @@ crash) are retried by the Job controller with its backoff.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Final
 
 from .. import constants as c
 from ..api import ModelDeploymentSpec
 from ..tuning.settings import TuneSettings
-from . import labels
+from . import labels, quantity
 from .artifact_store import ArtifactStoreRef, store_env, store_mounts, store_volumes
 from .deployment import (
     VOLUME_REPOSITORY,
@@ -94,14 +93,10 @@ def needs_triton(spec: ModelDeploymentSpec) -> bool:
     return gated(spec) or tuned(spec)
 
 
-_MILLI = re.compile(r"^([0-9]+)m$")
-
-
-def cpu_count(quantity: str) -> int:
-    """Whole CPUs a CPU quantity allows, rounded up ("500m" -> 1, "2" -> 2); 0 when unreadable."""
-    text = quantity.strip()
+def cpu_count(cpu: str) -> int:
+    """Whole CPUs a CPU quantity allows, rounded up ("500m" -> 1, "2" -> 2); 0 when unset or unreadable."""
     try:
-        value = int(m.group(1)) / 1000 if (m := _MILLI.match(text)) else float(text)
+        value = quantity.parse(cpu) if cpu.strip() else 0
     except ValueError:
         return 0
     return max(1, math.ceil(value)) if value > 0 else 0
@@ -188,9 +183,21 @@ def _gate_container(spec: ModelDeploymentSpec, images: Images, serving_image: st
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if resources := container_resources(spec, with_gpus=True):
+    if resources := split_requests(container_resources(spec, with_gpus=True), spec.serving.gpu_resource_name):
         container["resources"] = resources
     return container
+
+
+def split_requests(resources: dict[str, Any], gpu_resource: str) -> dict[str, Any]:
+    """The serving container's resources for one of the int8 build pod's two containers: the full
+    limits, but half the CPU and memory requests (a limit alone would be copied into the request),
+    so the pod's requests add up to one serving pod's and it fits wherever a serving pod fits. The
+    GPUs stay whole: extended resources are requested as limited, and only the gate's Triton has them."""
+    requests = dict(resources.get("requests") or {})
+    for name, value in (resources.get("limits") or {}).items():
+        requests.setdefault(name, value)
+    halved = {k: v if k == gpu_resource else quantity.half(v) for k, v in sorted(requests.items())}
+    return {**resources, "requests": halved} if halved else resources
 
 
 def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: ArtifactStoreRef) -> dict[str, Any]:
@@ -206,8 +213,12 @@ def _pod_spec(namespace: str, spec: ModelDeploymentSpec, images: Images, store: 
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    # The serving pods' CPU and memory; the GPUs go to the gate's Triton, the one that uses them.
-    if resources := container_resources(spec, with_gpus=False):
+    # The serving pods' CPU and memory (half the requests when the gate's Triton shares the pod);
+    # the GPUs go to the gate's Triton, the one that uses them.
+    resources = container_resources(spec, with_gpus=False)
+    if resources and needs_triton(spec):
+        resources = split_requests(resources, spec.serving.gpu_resource_name)
+    if resources:
         container["resources"] = resources
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # it talks to the stores, never to the Kubernetes API

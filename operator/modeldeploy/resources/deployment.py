@@ -175,10 +175,15 @@ METRICS_CONFIG: Final = (
 )
 
 
-def triton_args() -> list[str]:
+def triton_args(*, auto_complete: bool = False) -> list[str]:
     """Triton's flags: fixed model set, strict readiness, no cloud-provider front ends, latency
-    summaries (p99) besides the default latency counters."""
+    summaries (p99) besides the default latency counters. The loader writes a complete config.pbtxt
+    (inputs and outputs from the ONNX graph), so Triton's auto-complete is off: for the python
+    backend it starts a second stub process only to ask the model for its config, 1.2 s of every
+    pod's start on the CPU image (docs/benchmarks.md). `auto_complete`: a user's python model,
+    whose config may come from its own auto_complete_config."""
     return [
+        *(() if auto_complete else ("--disable-auto-complete-config",)),
         f"--model-repository={c.MODEL_REPOSITORY_PATH}",
         "--model-control-mode=none",
         "--strict-readiness=true",
@@ -332,7 +337,7 @@ def _triton_container(spec: ModelDeploymentSpec, images: Images, image: str) -> 
         "image": image,
         "imagePullPolicy": images.pull_policy,
         "command": list(TRITON_COMMAND),
-        "args": triton_args(),
+        "args": triton_args(auto_complete=spec.model.format == "python"),
         "ports": [
             {"name": c.PORT_NAME_HTTP, "containerPort": c.PORT_HTTP, "protocol": "TCP"},
             {"name": c.PORT_NAME_GRPC, "containerPort": c.PORT_GRPC, "protocol": "TCP"},
