@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -134,8 +135,6 @@ def _write_onnx(s: LoaderSettings, src: Path, validation: Path | None,
 def _tune(s: LoaderSettings, sig: onnx_meta.OnnxSignature, model_dir: Path, quantized: bool,
           data: checkdata.CheckData) -> dict[str, Any]:
     """Tune config.pbtxt through the build's Triton (loader/tune_triton.py) and write the chosen one."""
-    import os
-
     from ..tuning import choose
     from ..tuning.space import Hardware
     from .gate_triton import place

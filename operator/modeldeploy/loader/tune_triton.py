@@ -145,6 +145,13 @@ class Tuner:
             shutil.rmtree(d, ignore_errors=True)
 
     def run(self) -> TuneResult:
+        """The sweep, the confirmation and the choice; TuningFailed when the default cannot be served."""
+        try:
+            return self._run()
+        finally:
+            self.client.close()
+
+    def _run(self) -> TuneResult:
         self.client.wait_live()
         default = from_config(self.base)
         started = time.monotonic()
@@ -188,7 +195,6 @@ class Tuner:
         outcome = choose.Outcome(chosen=chosen, default=base_m, bound_met=meets(chosen, self.tune),
                                  measured=len(history), seconds=time.monotonic() - started)
         table = tuple(choose.table(history, self.tune.concurrency))
-        self.client.close()
         return TuneResult(to_config(chosen.candidate, self.base), outcome, table, tuple(history))
 
 
