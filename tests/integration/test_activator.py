@@ -197,7 +197,7 @@ def test_hundred_clients_held_until_triton_starts_late_none_lost(digits: Digits,
             after_ready = sorted(o.answered - ready_at for o in clients.outcomes)
             held_for = sorted(o.answered - o.sent for o in clients.outcomes)
             m = act.metrics()
-            lbl = f'name="{NAME}",namespace="{NS}"'
+            lbl = f"name={NAME},namespace={NS}"
             print(f"\nTriton started late: ready {server.ready_seconds:.2f}s after start; responses after Ready: "
                   f"first {after_ready[0]:.3f}s, p50 {statistics.median(after_ready):.3f}s, "
                   f"last {after_ready[-1]:.3f}s; client-seen latency p50 {statistics.median(held_for):.2f}s; "
@@ -208,7 +208,7 @@ def test_hundred_clients_held_until_triton_starts_late_none_lost(digits: Digits,
             assert m[f"modeldeploy_activator_held_total{{{lbl}}}"] == CLIENTS
             assert m[f"modeldeploy_activator_held_requests{{{lbl}}}"] == 0
             assert m.get(f"modeldeploy_activator_timed_out_total{{{lbl}}}", 0) == 0
-            assert m['modeldeploy_activator_rejected_total{reason="over_cap"}'] == 5
+            assert m['modeldeploy_activator_rejected_total{reason=over_cap}'] == 5
             assert m[f"modeldeploy_activator_cold_start_seconds_count{{{lbl}}}"] == 1
 
             # The gate is open: later requests go straight through, nothing held.

@@ -15,9 +15,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from localcluster.process import free_port
+from tests.support.cacheagent import metrics as scrape_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,18 +26,6 @@ def write_routes(path: Path, models: list[dict[str, object]]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"models": models}))
     tmp.replace(path)
-
-
-def metrics(admin_url: str) -> dict[str, float]:
-    """Every sample of /metrics as {'name{label="v",...}': value} (labels sorted)."""
-    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 @dataclass
@@ -62,11 +49,11 @@ class ActivatorProcess:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def metrics(self) -> dict[str, float]:
-        return metrics(self.admin_url)
+        """Every sample, keyed as the cache agent's tests key them: `name{label=value,...}`."""
+        return scrape_metrics(self.admin_url)
 
     def metric(self, metric: str, /, **labels: str) -> float:
-        key = f"{metric}{{{','.join(f'{k}={chr(34)}{v}{chr(34)}' for k, v in sorted(labels.items()))}}}" if labels \
-            else metric
+        key = f"{metric}{{{','.join(f'{k}={v}' for k, v in sorted(labels.items()))}}}" if labels else metric
         return self.metrics().get(key, 0.0)
 
     def log(self) -> str:
