@@ -20,7 +20,12 @@ Models: the digits CNN (trained in the run) and torchvision ResNet-50 (random we
 The compute ceiling (no HTTP): onnxruntime in-process on the loader's model.onnx, the best over
 thread settings (default; sequential with intra-op = all cores or 1 thread and one caller per core;
 parallel execution with inter-op = all cores) and batch sizes (1, 8, 32, 64), re-measured with the
-winning settings after the servers ran; Triton's share of it at the top concurrency is reported.
+winning settings after every round of the servers (the ceiling is the highest of all); Triton's
+share of it at the top concurrency is reported.
+
+All servers run at once; at each concurrency every server gets --rounds slices of the level's
+duration, in rotating order, so a burst of another tenant's load on this shared machine hits them
+alike and the ratios hold even when the absolute figures move.
 
 A baseline that cannot start stops the run with its error (run `make bench-setup` first, or
 `make bench` for set-up and run); only --no-torchserve leaves one out, and says so.
@@ -59,7 +64,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
-from benchmarks._load import LoadResult, run_load  # noqa: E402
+from benchmarks._load import LoadResult, combine, run_load  # noqa: E402
 from benchmarks._report import write_json  # noqa: E402
 from tests.support import serving, serving_digits  # noqa: E402
 
@@ -420,14 +425,6 @@ def ort_ceiling(onnx_path: Path, case: ModelCase, min_seconds: float) -> dict[st
     return {"best": best, "images_per_s": best["images_per_s"], "grid": grid}
 
 
-def ort_ceiling_again(onnx_path: Path, case: ModelCase, best: dict[str, Any], min_seconds: float) -> float:
-    """The winning setting measured once more (after the servers ran): the ceiling is the higher of both,
-    so a sweep slowed by another tenant does not put a server above its 'ceiling'."""
-    setting = OrtSetting(best["intra"], best["inter"], best["parallel"], best["callers"])
-    return _measure(_ort_session(onnx_path, setting), _batch(case, best["batch"]), setting.callers,
-                    min_seconds)["images_per_s"]
-
-
 # ---------------------------------------------------------------- one model, every server
 
 def ort_server_candidates(cpus: int) -> list[tuple[int, int]]:
@@ -457,26 +454,22 @@ def add_ratios(levels: dict[str, dict[str, dict[str, Any]]], baselines: dict[str
                     row[f"p99_vs_{suffix}"] = row["p99_ms"] / base["p99_ms"]
 
 
-def bench_model(case: ModelCase, levels: list[int], work: Path, with_torchserve: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"shape": list(case.shape), "duration_s": case.duration_s, "warmup_s": case.warmup_s,
-                           "levels": {str(c): {} for c in levels}, "notes": list(case.notes), "refused": {}}
-    ceiling_seconds = 1.5 if case.name == "digits" else 4.0
+def ceiling_probe(onnx_path: Path, case: ModelCase, best: dict[str, Any]) -> Callable[[float], float]:
+    """The winning ceiling setting, ready to be measured again between the servers' slices."""
+    setting = OrtSetting(best["intra"], best["inter"], best["parallel"], best["callers"])
+    session, batch = _ort_session(onnx_path, setting), _batch(case, best["batch"])
+    return lambda seconds: _measure(session, batch, setting.callers, seconds)["images_per_s"]
 
-    def level_runs(server: str, make: Callable[[], Callable[[np.ndarray], object]],
-                   hook: Callable[[], dict[str, float] | None] | None = None) -> None:
-        for c in levels:
-            before = hook() if hook else None
-            res: LoadResult = run_load(make, case.inputs, c, case.duration_s, case.warmup_s)
-            row = res.as_dict()
-            after = hook() if hook else None
-            if before is not None and after is not None:
-                execs = after["exec"] - before["exec"]
-                row["avg_batch"] = round((after["count"] - before["count"]) / execs, 2) if execs else None
-            out["levels"][str(c)][server] = row
-            log(f"  {case.name} {server:<11} c={c:<3} {res.throughput:8.1f} req/s  p50 {res.p50_ms:8.1f} ms  "
-                f"p99 {res.p99_ms:8.1f} ms  n={res.requests} err={res.errors}"
-                + (f"  avg batch {row.get('avg_batch')}" if hook else ""))
-            check_row(server, row)
+
+def bench_model(case: ModelCase, levels: list[int], work: Path, with_torchserve: bool,
+                rounds: int) -> dict[str, Any]:
+    """Every server on one model: all started together, then at each concurrency `rounds` slices each,
+    in rotating order, with the ceiling re-measured after each round (another tenant's burst of load
+    then hits every server alike instead of whichever ran at that minute)."""
+    out: dict[str, Any] = {"shape": list(case.shape), "duration_s": case.duration_s, "warmup_s": case.warmup_s,
+                           "rounds": rounds, "levels": {str(c): {} for c in levels}, "notes": list(case.notes),
+                           "refused": {}}
+    ceiling_seconds = 1.5 if case.name == "digits" else 4.0
 
     # The loader first: the ceiling and the onnxruntime server use the very model.onnx Triton serves.
     repo = work / f"repo-{case.name}"
@@ -503,17 +496,6 @@ def bench_model(case: ModelCase, levels: list[int], work: Path, with_torchserve:
             log(f"  {row['setting']:<44} batch {row['batch']:>3}: {row['images_per_s']:9.1f} img/s")
         log(f"  best: {ceil['best']['setting']}, batch {ceil['best']['batch']}: {ceil['images_per_s']:.1f} img/s")
 
-    log(f"{case.name}: flask")
-    with flask_server(case, work) as url:
-        level_runs("flask", http_sender(url))
-
-    if with_torchserve:
-        log(f"{case.name}: torchserve")
-        with torchserve_server(case, work) as url:
-            level_runs("torchserve", http_sender(url))
-    else:
-        out["skipped"] = {"torchserve": "--no-torchserve"}
-
     log(f"{case.name}: ort-server (uvicorn + onnxruntime): trial of worker/thread splits at c={max(levels)}")
     trials = []
     for workers, threads in ort_server_candidates(os.cpu_count() or 1):
@@ -527,30 +509,72 @@ def bench_model(case: ModelCase, levels: list[int], work: Path, with_torchserve:
     out["ort_server"] = {"server": "uvicorn (httptools)", "workers": chosen["workers"],
                          "threads_per_worker": chosen["threads"], "model": "the loader's fp32 model.onnx",
                          "trials": trials}
-    log(f"{case.name}: ort-server workers={chosen['workers']} threads={chosen['threads']}")
-    with ort_server(case, fp32_onnx, chosen["workers"], chosen["threads"], work) as url:
-        level_runs("ort-server", http_sender(url))
 
-    with serving.running(repo, work / f"triton-{case.name}.log") as server_proc:
-        out["triton_ready_s"] = round(server_proc.ready_seconds, 2)
+    Hook = Callable[[], dict[str, float] | None]
+    servers: dict[str, tuple[Callable[[], Callable[[np.ndarray], object]], Hook | None]] = {}
+    with contextlib.ExitStack() as stack:
+        log(f"{case.name}: starting flask")
+        servers["flask"] = (http_sender(stack.enter_context(flask_server(case, work))), None)
+        if with_torchserve:
+            log(f"{case.name}: starting torchserve")
+            servers["torchserve"] = (http_sender(stack.enter_context(torchserve_server(case, work))), None)
+        else:
+            out["skipped"] = {"torchserve": "--no-torchserve"}
+        log(f"{case.name}: starting ort-server, {chosen['workers']} worker(s) x {chosen['threads']} thread(s)")
+        servers["ort-server"] = (http_sender(stack.enter_context(
+            ort_server(case, fp32_onnx, chosen["workers"], chosen["threads"], work))), None)
+        log(f"{case.name}: starting triton")
+        triton = stack.enter_context(serving.running(repo, work / f"triton-{case.name}.log"))
+        out["triton_ready_s"] = round(triton.ready_seconds, 2)
         for server, model in built.items():
             def counts(model: str = model) -> dict[str, float] | None:
                 try:
-                    text = server_proc.metrics()
+                    text = triton.metrics()
                 except OSError:  # metrics are a nice-to-have: the load numbers stand without them
                     return None
                 return {"count": _metric(text, "nv_inference_count", model),
                         "exec": _metric(text, "nv_inference_exec_count", model)}
 
-            log(f"{case.name}: {server}")
-            level_runs(server, triton_sender(server_proc.http_url, model), counts)
+            servers[server] = (triton_sender(triton.http_url, model), counts)
+        probes = {server: ceiling_probe(repo / model / "1" / "model.onnx", case, out["ceiling"][server]["best"])
+                  for server, model in built.items()}
 
-    for server, model in built.items():
-        ceil = out["ceiling"][server]
-        again = ort_ceiling_again(repo / model / "1" / "model.onnx", case, ceil["best"], ceiling_seconds)
-        ceil["images_per_s_again"] = again
-        ceil["images_per_s"] = max(ceil["best"]["images_per_s"], again)
-        log(f"{case.name}: ceiling ({server}) again with the winning settings: {again:.1f} img/s")
+        order = list(servers)
+        slice_s, slice_warmup_s = case.duration_s / rounds, case.warmup_s / rounds
+        for c in levels:
+            parts: dict[str, list[LoadResult]] = {name: [] for name in order}
+            batched: dict[str, list[float]] = {name: [0.0, 0.0] for name in order}
+            for r in range(rounds):
+                for name in order[r % len(order):] + order[:r % len(order)]:
+                    make, hook = servers[name]
+                    before = hook() if hook else None
+                    res = run_load(make, case.inputs, c, slice_s, slice_warmup_s)
+                    after = hook() if hook else None
+                    if before is not None and after is not None:
+                        batched[name][0] += after["count"] - before["count"]
+                        batched[name][1] += after["exec"] - before["exec"]
+                    parts[name].append(res)
+                    check_row(name, res.as_dict())
+                for server, probe in probes.items():
+                    again = probe(ceiling_seconds)
+                    out["ceiling"][server].setdefault("again", []).append(round(again, 1))
+                log(f"  {case.name} c={c} round {r + 1}/{rounds}: "
+                    + ", ".join(f"{n} {parts[n][-1].throughput:.1f}" for n in order) + " req/s; ceiling again "
+                    + ", ".join(f"{s} {out['ceiling'][s]['again'][-1]:.0f}" for s in probes) + " img/s")
+            for name in order:
+                res = combine(parts[name])
+                row = res.as_dict()
+                row["round_throughputs"] = [round(p.throughput, 1) for p in parts[name]]
+                if batched[name][1]:
+                    row["avg_batch"] = round(batched[name][0] / batched[name][1], 2)
+                out["levels"][str(c)][name] = row
+                log(f"  {case.name} {name:<11} c={c:<3} {res.throughput:8.1f} req/s  p50 {res.p50_ms:8.1f} ms  "
+                    f"p99 {res.p99_ms:8.1f} ms  n={res.requests} err={res.errors}"
+                    + (f"  avg batch {row['avg_batch']}" if "avg_batch" in row else ""))
+                check_row(name, row)
+
+    for ceil in out["ceiling"].values():  # the ceiling is a maximum: the sweep's best or any re-measurement
+        ceil["images_per_s"] = max([ceil["best"]["images_per_s"], *ceil.get("again", [])])
 
     add_ratios(out["levels"], {"flask": "flask", "ort_server": "ort-server"})
     top = str(max(levels))
@@ -590,10 +614,11 @@ def print_table(results: dict[str, Any]) -> str:
                              f"| {ratio('throughput_vs_ort_server')} | {ratio('p99_vs_ort_server')} "
                              f"| {r.get('avg_batch') or '-'} | {r['requests']} | {r['errors']} |")
         for server, ceil in res.get("ceiling", {}).items():
-            best, again = ceil["best"], ceil.get("images_per_s_again", float("nan"))
+            best, again = ceil["best"], ceil.get("again", [])
             lines.append(f"ceiling ({server} model.onnx, onnxruntime in-process, no HTTP): "
-                         f"{ceil['images_per_s']:.1f} img/s (sweep {best['images_per_s']:.1f}, again {again:.1f}) "
-                         f"with {best['setting']}, batch {best['batch']}")
+                         f"{ceil['images_per_s']:.1f} img/s with {best['setting']}, batch {best['batch']} "
+                         f"(sweep {best['images_per_s']:.1f}; again between rounds: "
+                         f"{', '.join(f'{v:.0f}' for v in again) or '-'})")
         for server, share in res.get("share_of_ceiling_at_max_concurrency", {}).items():
             lines.append(f"{server} at max concurrency = {share:.0%} of the ceiling")
         for server, why in res.get("refused", {}).items():
@@ -615,7 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", type=int, nargs="+", help="concurrency levels (default 1 8 32; 1 8 with --quick)")
     p.add_argument("--duration", type=float, help="digits: seconds per level (default 8, 4 with --quick)")
     p.add_argument("--resnet-duration", type=float, default=15.0, help="ResNet-50: seconds per level")
-    p.add_argument("--no-torchserve", action="store_true")
+    p.add_argument("--no-torchserve", action="store_true", help="leave TorchServe out (said so in the results)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="slices per server and level, interleaved with the other servers (default 3)")
     p.add_argument("--workdir", type=Path, help="keep models, repositories and server logs here")
     args = p.parse_args(argv)
     levels = args.levels or ([1, 8] if args.quick else [1, 8, 32])
@@ -649,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
                 case = digits_case(work, duration, min(2.0, duration / 2))
             else:
                 case = resnet_case(work, args.resnet_duration, 4.0)
-            results["models"][name] = bench_model(case, levels, work, not args.no_torchserve)
+            results["models"][name] = bench_model(case, levels, work, not args.no_torchserve, args.rounds)
             write_json(args.json, results)  # after each model, so a later failure keeps what was measured
         results["load_average_at_end"] = os.getloadavg()
         results["wall_seconds"] = round(time.monotonic() - started, 1)
