@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 from benchmarks import _ort_app
 from benchmarks import serving as bench
+from benchmarks._load import LoadResult, combine
 
 
 def _tiny_onnx(path: Path) -> Path:
@@ -51,8 +52,18 @@ def test_ceiling_is_the_best_cell_of_the_grid_and_can_be_measured_again(tmp_path
     assert len(ceil["grid"]) == len(bench.ceiling_settings(os.cpu_count() or 1)) * len(bench.ceiling_batches())
     assert ceil["images_per_s"] == max(r["images_per_s"] for r in ceil["grid"]) == ceil["best"]["images_per_s"]
     assert all(r["runs"] >= 2 * r["callers"] for r in ceil["grid"])
-    again = bench.ort_ceiling_again(tmp_path / "tiny.onnx", case, ceil["best"], min_seconds=0.01)
-    assert again > 0
+    probe = bench.ceiling_probe(tmp_path / "tiny.onnx", case, ceil["best"])
+    assert probe(0.01) > 0
+
+
+def test_slices_combine_into_one_result_per_level() -> None:
+    def part(n: int, seconds: float, ms: float, errors: int = 0) -> LoadResult:
+        return LoadResult(8, n, errors, seconds, n / seconds, ms, ms, "boom" if errors else "", [ms] * n)
+
+    res = combine([part(100, 1.0, 2.0), part(300, 2.0, 4.0, errors=1)])
+    assert (res.requests, res.errors, res.seconds, res.throughput) == (400, 1, 3.0, 400 / 3.0)
+    assert (res.p50_ms, res.first_error) == (4.0, "boom")
+    assert "latencies_ms" not in res.as_dict()
 
 
 def test_ratios_against_flask_and_the_onnxruntime_server() -> None:
