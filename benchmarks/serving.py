@@ -20,8 +20,9 @@ Models: the digits CNN (trained in the run) and torchvision ResNet-50 (random we
 The compute ceiling (no HTTP): onnxruntime in-process on the loader's model.onnx, the best over
 thread settings (default; sequential with intra-op = all cores or 1 thread and one caller per core;
 parallel execution with inter-op = all cores) and batch sizes (1, 8, 32, 64), re-measured with the
-winning settings after every round of the servers (the ceiling is the highest of all); Triton's
-share of it at the top concurrency is reported.
+winning cell and, in turn, each other setting's best cell after every round of the servers (the
+ceiling is the highest of all, reported with its settings); Triton's share of it at the top
+concurrency is reported.
 
 All servers run at once; at each concurrency every server gets --rounds slices of the level's
 duration, in rotating order, so a burst of another tenant's load on this shared machine hits them
@@ -454,11 +455,43 @@ def add_ratios(levels: dict[str, dict[str, dict[str, Any]]], baselines: dict[str
                     row[f"p99_vs_{suffix}"] = row["p99_ms"] / base["p99_ms"]
 
 
-def ceiling_probe(onnx_path: Path, case: ModelCase, best: dict[str, Any]) -> Callable[[float], float]:
-    """The winning ceiling setting, ready to be measured again between the servers' slices."""
-    setting = OrtSetting(best["intra"], best["inter"], best["parallel"], best["callers"])
-    session, batch = _ort_session(onnx_path, setting), _batch(case, best["batch"])
-    return lambda seconds: _measure(session, batch, setting.callers, seconds)["images_per_s"]
+Probe = tuple[dict[str, Any], Callable[[float], float]]
+
+
+def ceiling_probes(onnx_path: Path, case: ModelCase, grid: list[dict[str, Any]]) -> list[Probe]:
+    """Each thread setting's best cell of the sweep, best first, ready to be measured again between
+    the servers' rounds: a sweep that ran during another tenant's burst may have crowned the wrong
+    setting, so the others get more chances too."""
+    best_cells: dict[str, dict[str, Any]] = {}
+    for row in sorted(grid, key=lambda r: -r["images_per_s"]):
+        best_cells.setdefault(row["setting"], row)
+    probes: list[Probe] = []
+    for row in best_cells.values():
+        setting = OrtSetting(row["intra"], row["inter"], row["parallel"], row["callers"])
+        session, batch = _ort_session(onnx_path, setting), _batch(case, row["batch"])
+
+        def measure(seconds: float, session: Any = session, batch: np.ndarray = batch,
+                    callers: int = setting.callers) -> float:
+            return _measure(session, batch, callers, seconds)["images_per_s"]
+
+        probes.append((row, measure))
+    return probes
+
+
+def probes_for_round(probes: list[Probe], k: int) -> list[Probe]:
+    """Round k measures the sweep's winner and one other setting, in turn."""
+    if len(probes) < 2:
+        return probes
+    return [probes[0], probes[1 + k % (len(probes) - 1)]]
+
+
+def ceiling_result(ceil: dict[str, Any]) -> dict[str, Any]:
+    """The highest of the sweep and every re-measurement, with where it came from."""
+    best = {**{k: ceil["best"][k] for k in ("setting", "batch", "images_per_s")}, "from": "sweep"}
+    for again in ceil.get("again", []):
+        if again["images_per_s"] > best["images_per_s"]:
+            best = {**again, "from": "between rounds"}
+    return best
 
 
 def bench_model(case: ModelCase, levels: list[int], work: Path, with_torchserve: bool,
@@ -536,8 +569,9 @@ def bench_model(case: ModelCase, levels: list[int], work: Path, with_torchserve:
                         "exec": _metric(text, "nv_inference_exec_count", model)}
 
             servers[server] = (triton_sender(triton.http_url, model), counts)
-        probes = {server: ceiling_probe(repo / model / "1" / "model.onnx", case, out["ceiling"][server]["best"])
+        probes = {server: ceiling_probes(repo / model / "1" / "model.onnx", case, out["ceiling"][server]["grid"])
                   for server, model in built.items()}
+        k = 0
 
         order = list(servers)
         slice_s, slice_warmup_s = case.duration_s / rounds, case.warmup_s / rounds
@@ -555,12 +589,17 @@ def bench_model(case: ModelCase, levels: list[int], work: Path, with_torchserve:
                         batched[name][1] += after["exec"] - before["exec"]
                     parts[name].append(res)
                     check_row(name, res.as_dict())
-                for server, probe in probes.items():
-                    again = probe(ceiling_seconds)
-                    out["ceiling"][server].setdefault("again", []).append(round(again, 1))
+                measured = []
+                for server, server_probes in probes.items():
+                    for cell, measure in probes_for_round(server_probes, k):
+                        again = {"setting": cell["setting"], "batch": cell["batch"],
+                                 "images_per_s": round(measure(ceiling_seconds), 1)}
+                        out["ceiling"][server].setdefault("again", []).append(again)
+                        measured.append(f"{server} {again['setting']} b{again['batch']} {again['images_per_s']:.0f}")
+                k += 1
                 log(f"  {case.name} c={c} round {r + 1}/{rounds}: "
-                    + ", ".join(f"{n} {parts[n][-1].throughput:.1f}" for n in order) + " req/s; ceiling again "
-                    + ", ".join(f"{s} {out['ceiling'][s]['again'][-1]:.0f}" for s in probes) + " img/s")
+                    + ", ".join(f"{n} {parts[n][-1].throughput:.1f}" for n in order) + " req/s; ceiling again: "
+                    + ", ".join(measured) + " img/s")
             for name in order:
                 res = combine(parts[name])
                 row = res.as_dict()
@@ -574,7 +613,8 @@ def bench_model(case: ModelCase, levels: list[int], work: Path, with_torchserve:
                 check_row(name, row)
 
     for ceil in out["ceiling"].values():  # the ceiling is a maximum: the sweep's best or any re-measurement
-        ceil["images_per_s"] = max([ceil["best"]["images_per_s"], *ceil.get("again", [])])
+        ceil["winner"] = ceiling_result(ceil)
+        ceil["images_per_s"] = ceil["winner"]["images_per_s"]
 
     add_ratios(out["levels"], {"flask": "flask", "ort_server": "ort-server"})
     top = str(max(levels))
@@ -614,11 +654,11 @@ def print_table(results: dict[str, Any]) -> str:
                              f"| {ratio('throughput_vs_ort_server')} | {ratio('p99_vs_ort_server')} "
                              f"| {r.get('avg_batch') or '-'} | {r['requests']} | {r['errors']} |")
         for server, ceil in res.get("ceiling", {}).items():
-            best, again = ceil["best"], ceil.get("again", [])
+            won, best = ceil["winner"], ceil["best"]
             lines.append(f"ceiling ({server} model.onnx, onnxruntime in-process, no HTTP): "
-                         f"{ceil['images_per_s']:.1f} img/s with {best['setting']}, batch {best['batch']} "
-                         f"(sweep {best['images_per_s']:.1f}; again between rounds: "
-                         f"{', '.join(f'{v:.0f}' for v in again) or '-'})")
+                         f"{ceil['images_per_s']:.1f} img/s with {won['setting']}, batch {won['batch']} "
+                         f"({won['from']}; the sweep's best: {best['setting']}, batch {best['batch']}, "
+                         f"{best['images_per_s']:.1f}; {len(ceil.get('again', []))} re-measurements)")
         for server, share in res.get("share_of_ceiling_at_max_concurrency", {}).items():
             lines.append(f"{server} at max concurrency = {share:.0%} of the ceiling")
         for server, why in res.get("refused", {}).items():

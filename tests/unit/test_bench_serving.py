@@ -52,8 +52,26 @@ def test_ceiling_is_the_best_cell_of_the_grid_and_can_be_measured_again(tmp_path
     assert len(ceil["grid"]) == len(bench.ceiling_settings(os.cpu_count() or 1)) * len(bench.ceiling_batches())
     assert ceil["images_per_s"] == max(r["images_per_s"] for r in ceil["grid"]) == ceil["best"]["images_per_s"]
     assert all(r["runs"] >= 2 * r["callers"] for r in ceil["grid"])
-    probe = bench.ceiling_probe(tmp_path / "tiny.onnx", case, ceil["best"])
-    assert probe(0.01) > 0
+    probes = bench.ceiling_probes(tmp_path / "tiny.onnx", case, ceil["grid"])
+    assert next(cell["setting"] for cell, _ in probes) == ceil["best"]["setting"]
+    assert len(probes) == len(bench.ceiling_settings(os.cpu_count() or 1))  # one per setting: its best cell
+    assert all(measure(0.01) > 0 for _, measure in probes)
+
+
+def test_between_rounds_the_winner_and_each_other_setting_in_turn_are_measured_again() -> None:
+    probes = [({"setting": name}, lambda s: 0.0) for name in "abcd"]
+    turns = [[cell["setting"] for cell, _ in bench.probes_for_round(probes, k)] for k in range(4)]
+    assert turns == [["a", "b"], ["a", "c"], ["a", "d"], ["a", "b"]]
+    assert bench.probes_for_round(probes[:1], 5) == probes[:1]
+
+
+def test_the_ceiling_is_the_highest_measurement_with_its_settings() -> None:
+    ceil = {"best": {"setting": "default", "batch": 32, "images_per_s": 50.0, "intra": 0},
+            "again": [{"setting": "default", "batch": 32, "images_per_s": 40.0},
+                      {"setting": "sequential intra=1 inter=1 callers=2", "batch": 8, "images_per_s": 72.0}]}
+    assert bench.ceiling_result(ceil) == {"setting": "sequential intra=1 inter=1 callers=2", "batch": 8,
+                                          "images_per_s": 72.0, "from": "between rounds"}
+    assert bench.ceiling_result({"best": ceil["best"]})["from"] == "sweep"
 
 
 def test_slices_combine_into_one_result_per_level() -> None:
