@@ -13,12 +13,13 @@ chart-crds: python
 api-reference: python
 	@$(PY) hack/gen_api_reference.py
 
-.PHONY: images converter-image chart-crds api-reference help setup demo-setup test-tools system python binaries demo test lint unit integration e2e cluster-up cluster-down cluster-status
+.PHONY: images converter-image chart-crds api-reference help setup demo-setup test-tools system python binaries triton demo test lint unit integration e2e cluster-up cluster-down cluster-status bench bench-setup bench-python bench-system
 
 help:
 	@echo "make demo    set up everything, start a local cluster, run the operator"
 	@echo "make test    set up everything and run all test tiers (lint, unit, integration, e2e)"
-	@echo "make lint | unit | integration | e2e | images | converter-image | cluster-up | cluster-down | cluster-status"
+	@echo "make bench   set up what benchmarks/serving.py needs (Flask, TorchServe + Java, torchvision, uvicorn) and run it"
+	@echo "make lint | unit | integration | e2e | images | converter-image | cluster-up | cluster-down | cluster-status | bench-setup"
 
 # `make demo` builds only what the demo needs; `make test` adds the test-only tools.
 setup: demo-setup test-tools
@@ -31,10 +32,12 @@ system:
 python:
 	@$(STEP) "python environment (.venv, with torch for model conversion tests)" env MD_EXTRAS=dev,test hack/setup-python.sh
 
-binaries: python
+binaries: python triton
 	@$(STEP) "Kubernetes, etcd, kwok and helm binaries (built once from the Go module proxy, cached)" \
 		$(PY) -m localcluster build
 	@$(STEP) "MinIO, the S3-compatible store (built once from the Go module proxy, cached)" hack/triton/build-minio.sh
+
+triton: python
 	@$(STEP) "Triton Inference Server (from the nvidia-pytriton wheel, cached)" hack/triton/fetch.sh
 
 test-tools: python
@@ -82,3 +85,21 @@ converter-image: setup
 
 demo: demo-setup
 	@$(STEP) "demo" hack/demo.sh
+
+# The serving benchmark's set-up: the bench extra (Flask, TorchServe, torchvision, uvicorn) on top of
+# the test set, TorchServe's Java from Debian, Triton. No cluster: the benchmark runs local processes.
+# The other benchmarks (control_plane, canary, autoscale, coldstart) use `make setup images` (docs/benchmarks.md).
+bench-setup: bench-system bench-python triton
+
+bench-system:
+	@$(STEP) "system packages the benchmarks need (TorchServe's Java; only the missing ones)" hack/setup-system.sh --bench
+
+bench-python:
+	@$(STEP) "python environment with the bench extra (Flask, TorchServe, torchvision, uvicorn)" \
+		env MD_EXTRAS=dev,test,bench hack/setup-python.sh
+
+# BENCH_ARGS: e.g. BENCH_ARGS=--quick, or BENCH_ARGS="--models digits --levels 1 8 32".
+BENCH_ARGS ?=
+bench: bench-setup
+	@$(STEP) "serving benchmark: Flask, TorchServe, onnxruntime + uvicorn, Triton, onnxruntime ceiling (out/serving.json)" \
+		$(PY) benchmarks/serving.py --json out/serving.json $(BENCH_ARGS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,9 +28,26 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     first_error: str = ""
+    latencies_ms: list[float] = field(default_factory=list, repr=False)  # kept for combine(), not reported
 
     def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
+
+
+def combine(parts: Sequence[LoadResult]) -> LoadResult:
+    """One result from several slices at the same concurrency (interleaved with other servers, so a
+    burst of another tenant's load is shared by all of them): requests over seconds, percentiles of
+    every latency."""
+    lat = [v for p in parts for v in p.latencies_ms]
+    ms = np.asarray(lat) if lat else np.asarray([float("nan")])
+    seconds = sum(p.seconds for p in parts)
+    requests = sum(p.requests for p in parts)
+    return LoadResult(
+        concurrency=parts[0].concurrency, requests=requests, errors=sum(p.errors for p in parts),
+        seconds=round(seconds, 3), throughput=requests / seconds if seconds else 0.0,
+        p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)),
+        first_error=next((p.first_error for p in parts if p.first_error), ""), latencies_ms=lat,
+    )
 
 
 def _phase(make_sender: Callable[[], Send], inputs: Sequence[np.ndarray], concurrency: int,
@@ -85,5 +102,5 @@ def run_load(make_sender: Callable[[], Send], inputs: Sequence[np.ndarray], conc
     return LoadResult(
         concurrency=concurrency, requests=len(lat), errors=errors, seconds=round(elapsed, 3),
         throughput=len(lat) / elapsed, p50_ms=float(np.percentile(ms, 50)),
-        p99_ms=float(np.percentile(ms, 99)), first_error=first_error,
+        p99_ms=float(np.percentile(ms, 99)), first_error=first_error, latencies_ms=(ms if lat else ms[:0]).tolist(),
     )

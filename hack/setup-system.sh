@@ -10,6 +10,12 @@ packages=(
   libpython3.11                                        # Triton's python backend stub
 )
 # Test-only packages (`make test` passes --test; `make demo` needs none of them).
+# Benchmark-only packages (`make bench` passes --bench).
+if [[ "${1:-}" == "--bench" ]]; then
+  packages+=(
+    openjdk-17-jre-headless                            # TorchServe's frontend (benchmarks/serving.py's baseline)
+  )
+fi
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(
     prometheus                                         # the PromQL metrics-source tests run their own server
