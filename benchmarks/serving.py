@@ -46,7 +46,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +66,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
 from benchmarks._load import LoadResult, combine, run_load  # noqa: E402
 from benchmarks._report import write_json  # noqa: E402
+from localcluster.process import stop_group  # noqa: E402
 from tests.support import serving, serving_digits  # noqa: E402
 
 MAX_BATCH = 32
@@ -197,17 +197,6 @@ def _wait_http(probe: Callable[[], bool], proc: subprocess.Popen[bytes], what: s
         time.sleep(0.2)
 
 
-def _killpg(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-
-
 def _post_ok(url: str, body: bytes) -> bool:
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/octet-stream"})
     try:
@@ -231,7 +220,7 @@ def _http_process(what: str, argv: list[str], url: str, case: ModelCase, log_pat
         _wait_http(lambda: _post_ok(url, case.inputs[0].tobytes()), proc, what, log_path, timeout_s)
         yield url
     finally:
-        _killpg(proc)
+        stop_group(proc)
 
 
 @contextlib.contextmanager

@@ -95,6 +95,21 @@ def stop(run_dir: Path, name: str, timeout: float = 10.0) -> None:
     _pidfile(run_dir, name).unlink(missing_ok=True)
 
 
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM the process group a child started with start_new_session=True leads (a server and
+    whatever it spawned, e.g. Triton's python-backend stubs), SIGKILL it if it outlives `timeout`."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
 def proc_stats() -> Iterator[tuple[int, list[str]]]:
     """(pid, fields of /proc/PID/stat after the command name) for every process still there:
     fields[0] is the state, [1] the parent pid, [2] the process group."""

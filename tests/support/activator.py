@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from localcluster.process import free_port
+from localcluster.process import free_port, stop_group
 from tests.support.cacheagent import metrics as scrape_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,12 +89,4 @@ def running_activator(log_path: Path, env: Mapping[str, str], timeout_s: float =
             time.sleep(0.05)
         yield act
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        stop_group(proc)

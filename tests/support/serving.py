@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from localcluster.process import free_port
+from localcluster.process import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
@@ -77,14 +76,7 @@ def _ready(port: int, path: str = "/v2/health/ready") -> bool:
 
 def stop(server: TritonServer) -> None:
     """SIGTERM the whole process group (server and python-backend stubs), SIGKILL if it lingers."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.process.pid, signal.SIGTERM)
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(timeout=5)
+    stop_group(server.process)
 
 
 @contextlib.contextmanager

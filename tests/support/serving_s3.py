@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localcluster.objectstore import Store
+from localcluster.process import stop_group
 
 from .serving import ROOT, free_port
 
@@ -97,10 +97,4 @@ def running_minio(workdir: Path, timeout_s: float = 60.0) -> Iterator[S3Server]:
             time.sleep(0.1)
         yield server
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        stop_group(proc, timeout=10)
