@@ -426,7 +426,7 @@ def start_replica(s: Setup, n: int, role: str, started: list[Replica]) -> Replic
            "MD_LEADER_ELECTION_NAMESPACE": LEASE_NAMESPACE, "MD_LEADER_LEASE": LEASE_NAME, "MD_IDENTITY": identity}
     log = s.work / f"operator-{n}{'-existing' if s.args.existing else ''}-{role}.log"
     log.unlink(missing_ok=True)
-    proc = op.OperatorProcess(kubeconfig=kcfg, log_path=log, metrics_port=process.free_port(), env=env,
+    proc = op.OperatorProcess(kubeconfig=kcfg, log_path=log, metrics_port=process.free_port_block(2), env=env,
                               start_timeout_s=600)
     replica = Replica(role, identity, _jti(kcfg), proc)
     started.append(replica)  # stopped by the caller even when it never answers

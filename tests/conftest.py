@@ -86,7 +86,7 @@ def _operator_session(chart_installed: cluster_support.ClusterHandle,
     work = tmp_path_factory.mktemp("operator")
     kubeconfig = op.service_account_kubeconfig(chart_installed, work / "sa.kubeconfig")
     proc = op.OperatorProcess(kubeconfig=kubeconfig, log_path=ARTIFACTS / "operator.log",
-                              metrics_port=process.free_port(), env={
+                              metrics_port=process.free_port_block(2), env={
                                   "MD_RESYNC_SECONDS": "1", "MD_AUTOSCALE_SECONDS": "1",
                                   "MD_LOG_LEVEL": os.environ.get("MD_TEST_OPERATOR_LOG_LEVEL", "INFO"),
                                   # kwok pods' IPs are fake: never scrape them. A Prometheus that

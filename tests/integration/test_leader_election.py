@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 
 def _replica(operator: Any, namespace: str, identity: str, work: Path) -> op.OperatorProcess:
     return op.OperatorProcess(
-        kubeconfig=operator.kubeconfig, log_path=work / f"operator-{identity}.log", metrics_port=process.free_port(),
+        kubeconfig=operator.kubeconfig, log_path=work / f"operator-{identity}.log",
+        metrics_port=process.free_port_block(2),  # /metrics, and /healthz on the next port
         env={"MD_WATCH_NAMESPACES": namespace, "MD_LEADER_ELECTION_NAMESPACE": op.SYSTEM_NAMESPACE,
              "MD_LEADER_LEASE": op.LEASE, "MD_IDENTITY": identity, "MD_RESYNC_SECONDS": "1",
              "MD_AUTOSCALE_SECONDS": "1", "MD_METRICS_SOURCE": "prometheus",
@@ -68,8 +69,8 @@ def test_one_leader_writes_and_a_killed_leader_is_replaced_within_15s(
         print(f"failover: replica-b led {took_over:.1f}s after replica-a was killed")
 
         # The killed replica comes back as a standby: it writes nothing and takes nothing. On a port of
-        # its own again: its old one is in the ephemeral range, and an outgoing connection may hold it by now.
-        a.metrics_port = process.free_port()
+        # its own again (a block below the ephemeral range, which no outgoing connection can take).
+        a.metrics_port = process.free_port_block(2)
         a.start()
         time.sleep(5)
         assert op.leader(cluster) == "replica-b"

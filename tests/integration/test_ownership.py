@@ -116,7 +116,7 @@ def _narrow_operator(cluster: ClusterHandle, namespace: str, work: Path) -> op.O
     kubeconfig.write(path, kubeconfig.render_token(cfg["clusters"][0]["cluster"]["server"], ca, token, "narrow",
                                                    f"{namespace}:{account}"))
     return op.OperatorProcess(kubeconfig=path, log_path=work / "narrow-operator.log",
-                              metrics_port=process.free_port(),
+                              metrics_port=process.free_port_block(2),
                               env={"MD_WATCH_NAMESPACES": namespace, "MD_RESYNC_SECONDS": "1",
                                    "MD_AUTOSCALE_SECONDS": "1", "MD_METRICS_SOURCE": "prometheus",
                                    "MD_PROMETHEUS_URL": f"http://127.0.0.1:{process.free_port()}"})

@@ -62,3 +62,17 @@ def test_process_start_and_stop_whole_group(tmp_path: Path) -> None:
 
 def _children(pid: int) -> list[int]:
     return [child for child, fields in process.proc_stats() if int(fields[1]) == pid]
+
+
+def test_a_port_block_is_free_and_below_the_ephemeral_range() -> None:
+    """The test operator's /metrics and /healthz (the next port): bound again after each restart,
+    so never where an outgoing connection can take one meanwhile."""
+    import socket
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        base = process.free_port_block(2)
+        assert base >= 20000 and base + 1 < min(low, 30000)
+        for port in (base, base + 1):
+            with socket.socket() as s:
+                s.bind(("0.0.0.0", port))
