@@ -69,6 +69,11 @@ class Settings:
     # The node cache agent (chart artifactCache.enabled): serving pods of a built revision fetch
     # through it (MD_ARTIFACT_CACHE_URL of their fetch), falling back to the store. "" = the store only.
     artifact_cache_url: str = ""
+    # Scale to zero (docs/design.md, "Scale to zero: the activator"): the activator's Service in
+    # `activator_namespace` (the chart's `<release>-activator`); "" = off, minReplicas 0 keeps one pod.
+    # Its routes ConfigMap and demand Lease are named after it (`-routes`, `-demand`).
+    activator_service: str = ""
+    activator_namespace: str = ""
 
     def __post_init__(self) -> None:
         """Refuse a metrics source that cannot work at startup, not at the first autoscaling tick."""
@@ -95,9 +100,24 @@ class Settings:
         if self.artifact_cache_url and self.artifact_store.startswith("pvc://"):
             raise ValueError("MD_ARTIFACT_CACHE_URL (the node cache agent) needs an s3:// MD_ARTIFACT_STORE: "
                              "pods of a pvc:// store read the claim directly")
+        if self.activator_service and not self.activator_namespace:
+            raise ValueError("MD_ACTIVATOR_NAMESPACE must be set with MD_ACTIVATOR_SERVICE (the activator's namespace)")
         if self.artifact_cache_url and not self.artifact_cache_url.startswith(("http://", "https://")):
             raise ValueError("MD_ARTIFACT_CACHE_URL must start with http:// or https:// (the node cache agent), "
                              f"not {self.artifact_cache_url!r}")
+
+    @property
+    def activator_enabled(self) -> bool:
+        """Whether idle models with minReplicas 0 go to zero pods (the activator answers for them)."""
+        return bool(self.activator_service)
+
+    @property
+    def activator_routes(self) -> str:
+        return f"{self.activator_service}-routes"
+
+    @property
+    def activator_demand_lease(self) -> str:
+        return f"{self.activator_service}-demand"
 
     @property
     def artifacts_enabled(self) -> bool:
@@ -149,6 +169,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         artifact_store_secret=e.get("MD_ARTIFACT_STORE_SECRET", d.artifact_store_secret).strip(),
         artifact_store_endpoint=e.get("MD_ARTIFACT_STORE_ENDPOINT", d.artifact_store_endpoint).strip(),
         artifact_cache_url=e.get("MD_ARTIFACT_CACHE_URL", d.artifact_cache_url).strip(),
+        activator_service=e.get("MD_ACTIVATOR_SERVICE", d.activator_service).strip(),
+        activator_namespace=e.get("MD_ACTIVATOR_NAMESPACE", d.activator_namespace).strip(),
     )
 
 

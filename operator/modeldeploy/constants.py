@@ -52,6 +52,7 @@ class Phase:
     PROGRESSING: Final = "Progressing"
     DEGRADED: Final = "Degraded"
     FAILED: Final = "Failed"
+    SCALED_TO_ZERO: Final = "ScaledToZero"  # idle, 0 pods; the activator answers (autoscaling.minReplicas 0)
 
 
 class Condition:

@@ -82,3 +82,10 @@ def _job_event(event: dict[str, Any], labels: dict[str, str], namespace: str | N
 def watch_jobs() -> None:
     """Register the Job watch: only with an artifact store, where a build's end must start the rollout."""
     kopf.on.event("batch", "v1", "jobs", labels=OPERATOR_LABELS, id="job-event")(_job_event)
+
+
+def watch_endpointslices() -> None:
+    """Register the EndpointSlice watch: only with the activator on (a model at zero has ours, and
+    going back to its pods waits for the controller's to list a Ready pod)."""
+    kopf.on.event("discovery.k8s.io", "v1", "endpointslices", labels=OPERATOR_LABELS,
+                  id="endpointslice-event")(_child("EndpointSlice"))

@@ -13,10 +13,11 @@ from typing import Any
 
 import kopf
 
-from . import handlers, logging_setup, resync, telemetry, ticker
+from . import constants, handlers, logging_setup, resync, telemetry, ticker
+from .activation import ActivatorLink
 from .autoscaler import Autoscaler
 from .config import Settings
-from .kube.cache import WatchCache
+from .kube.cache import ACTIVATOR_KINDS, CACHED_KINDS, WatchCache
 from .kube.client import Kube, load_api_client
 from .leader import Elector
 from .reconciler import Reconciler
@@ -45,7 +46,7 @@ def _configure_kopf() -> None:
 def run_operator(settings: Settings) -> int:
     logging_setup.configure(settings.log_format, settings.log_level)
     kube = Kube(load_api_client(), on_write=lambda verb: telemetry.API_WRITES.labels(verb=verb).inc())
-    cache = WatchCache()
+    cache = WatchCache(CACHED_KINDS + (ACTIVATOR_KINDS if settings.activator_enabled else ()))
     reconciler = Reconciler(kube, settings)
     reconciler.use_cache(cache)
     scaler = Autoscaler(kube, settings)
@@ -73,10 +74,39 @@ def run_operator(settings: Settings) -> int:
         telemetry.IS_LEADER.set(1)
     is_leader = reconciler.is_leader
 
+    link: ActivatorLink | None = None
+    if settings.activator_enabled:
+        def on_demand(namespace: str, name: str, at: float) -> None:
+            """0 -> 1 at once: the autoscaler's status write, then a pass (not at the next tick)."""
+            if not is_leader():
+                return
+            md = cache.get_or_none(constants.KIND, namespace, name)
+            if md is None:
+                return
+            if not scaler.wake(md, at):  # refused on a version the cache had not caught up with?
+                md = kube.get_or_none(constants.KIND, namespace, name)
+                if md is None or not scaler.wake(md, at):
+                    return
+            queue.add(namespace, name)
+
+        def on_activator_change() -> None:
+            """The activator's Ready pods changed: every model that may be pointed at it gets a pass."""
+            if not is_leader():
+                return
+            for md in resync.all_models(cache):
+                if ((md.get("spec") or {}).get("autoscaling") or {}).get("minReplicas") == 0:
+                    queue.add(md["metadata"]["namespace"], md["metadata"]["name"])
+
+        link = ActivatorLink(kube, settings, on_demand, on_activator_change)
+        reconciler.link = scaler.link = link
+
     resync.relist(kube, cache, settings)  # before kopf: passes then never see an empty cache
     handlers.CACHE, handlers.QUEUE = cache, queue
     if settings.artifacts_enabled:
         handlers.watch_jobs()
+    if link is not None:
+        handlers.watch_endpointslices()
+        link.start()
     _configure_kopf()
     telemetry.serve(settings.metrics_port)
     resync.start(kube, cache, settings, queue.add_later, is_leader)  # sweeps wait behind events

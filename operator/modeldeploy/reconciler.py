@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import api, constants, telemetry, timefmt
+from .activation import ActivatorLink
+from .autoscale import zero
 from .builds import Builder
 from .config import Settings
 from .kube import events
@@ -27,7 +29,8 @@ from .kube.replay import ReplayReader
 from .metrics.source import MetricsSource, source_from_settings
 from .planning import build as build_plan
 from .planning import canary_plan, drift, observe, ownership, status, switch
-from .resources import Images, build_deployment, build_pdb, build_services, image_inputs, networkpolicy
+from .resources import Images, build_deployment, build_pdb, build_services, image_inputs, labels, networkpolicy
+from .resources import activator as activator_res
 from .resources.deployment import ArtifactFetch
 from .resources.httproute import build_httproute
 from .rollout import canary
@@ -112,6 +115,7 @@ class Reconciler:
         if not settings.artifact_cache_enabled:  # no pod asks the agent: no way to it
             self.network_policy = dataclasses.replace(self.network_policy, cache_agent=None)
         self._route_api: tuple[str, float] | None = None  # (installed | missing | forbidden, when checked)
+        self.link: ActivatorLink | None = None  # scale to zero: set when the activator is on (operator_main)
 
     def use_cache(self, cache: WatchCache) -> None:
         """Read from the watch-fed cache (API reads only for kinds not yet listed and for a child
@@ -273,6 +277,7 @@ class Reconciler:
         observed = observe.summarise(deployments, pods, now)
         desired_replicas = self.desired_replicas(spec, previous)
         stable = previous.get("stableRevision")
+        target = self._service_target(spec, desired_replicas, observed)
         build = (self.builder.observe(md, spec, current, previous, self.images(), now, pods=pods,
                                       models=self.known_models, fenced=lambda: self._build_fenced(reader, md))
                  if self.builder.enabled else None)
@@ -290,7 +295,7 @@ class Reconciler:
         if build is not None and build.new_result:
             (result.warnings if build.warning else result.decisions).append((build.reason, build.message))
 
-        children = self._children(md, spec, current, plan, cplan, build)
+        children = self._children(md, spec, current, plan, cplan, build, target)
         route, route_note = self._route(md, spec, cplan, observed)
         if route is not None:
             children.append(route)
@@ -304,7 +309,8 @@ class Reconciler:
             desired_replicas=desired_replicas, plan=plan, observed=observed, previous=previous,
             now=timefmt.rfc3339_at(now), canary=cplan.state, canary_weight=weight,
             conflicts=tuple(conflicts.values()), notes=(route_note,) if route_note else (),
-            build=build, model_version=spec.model.version, tune=spec.model.optimization.tune is not None))
+            build=build, model_version=spec.model.version, tune=spec.model.optimization.tune is not None,
+            zero=self._zero_state(spec, desired_replicas, target, previous)))
         told = set(previous.get("warnings") or ())
         desired_status["canary"] = canary.to_status(cplan.state, cplan.decision) if cplan.state else None
         result.phase = desired_status["phase"]
@@ -318,6 +324,7 @@ class Reconciler:
                                                                     observed):
             self._confirm_current(md)  # Conflict: the cache was behind; nothing written, retried fresh
 
+        self._publish_route(md, spec, reader, target)
         for obj in children:
             k = ownership.key(obj)
             if k in conflicts:
@@ -325,6 +332,7 @@ class Reconciler:
                     result.warnings.append((status.Reason.OWNERSHIP_CONFLICT, conflicts[k]))
                 continue
             self._apply_child(obj, live[k], spec, current, result)
+        self._prune_endpointslices(md, reader, target, conflicts)
         if result.created:  # one Event for the Services, PDB and policies a pass created, not one each
             result.decisions.append(("Created", "created " + ", ".join(result.created)))
         self._scale_older(md, current, plan, observed, result)
@@ -396,21 +404,96 @@ class Reconciler:
                 return
 
     def desired_replicas(self, spec: api.ModelDeploymentSpec, previous: Mapping[str, Any]) -> int:
-        """spec.replicas is the truth unless the operator's autoscaler owns replicas."""
+        """spec.replicas is the truth unless the operator's autoscaler owns replicas; 0 only when the
+        model scales to zero, the activator is on and the autoscaler took it there."""
         if spec.autoscaling.enabled:
             recommended = (previous.get("autoscaling") or {}).get("desiredReplicas")
+            if recommended == 0 and self.link is not None and spec.autoscaling.scales_to_zero:
+                return 0
             if isinstance(recommended, int):
                 return max(spec.autoscaling.min_replicas, min(spec.autoscaling.max_replicas, recommended))
             return max(spec.autoscaling.min_replicas, min(spec.autoscaling.max_replicas, spec.replicas))
         return spec.replicas
 
+    # --- scale to zero: the Service's target, the activator's route, the EndpointSlices ----------
+    def _service_target(self, spec: api.ModelDeploymentSpec, desired: int,
+                        observed: Mapping[str, observe.RevisionState]) -> str:
+        if self.link is None or not spec.autoscaling.scales_to_zero:
+            return zero.TARGET_PODS
+        ready = sum(s.ready for s in observed.values())
+        return zero.service_target(spec.autoscaling, desired, ready, len(self.link.addresses()))
+
+    def _zero_state(self, spec: api.ModelDeploymentSpec, desired: int, target: str,
+                    previous: Mapping[str, Any]) -> str:
+        """"" (not at zero), "idle" (0 pods: the activator answers) or "activating" (pods asked for,
+        none Ready yet: the activator holds the requests); the why comes from status.autoscaling."""
+        if self.link is None or not spec.autoscaling.scales_to_zero:
+            return ""
+        if desired == 0:
+            why = (previous.get("autoscaling") or {}).get("reason") or "no requests"
+            return f"idle: {why}"
+        return "activating" if target == zero.TARGET_ACTIVATOR else ""
+
+    def _publish_route(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, reader: Reader,
+                       target: str) -> None:
+        """Every model that may go to zero has its route in the activator's table, with the ClusterIPs
+        of its Services (read back from the cache: they exist once created). Raises when the route
+        of a model about to point at the activator cannot be written: the Service is not switched."""
+        if self.link is None:
+            return
+        meta = md["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        if not spec.autoscaling.scales_to_zero:
+            self.link.withdraw(ns, name)
+            return
+        main = reader.get_or_none("Service", ns, name) or {}
+        stable = reader.get_or_none("Service", ns, labels.stable_service_name(name)) or {}
+        ips = (main.get("spec") or {}).get("clusterIPs") or []
+        route = activator_res.route_for(name, ns, spec.model.name, ips, (stable.get("spec") or {}).get("clusterIP"))
+
+        def known() -> set[tuple[str, str]]:
+            return {(m["metadata"]["namespace"], m["metadata"]["name"]) for m in self.known_models()}
+        try:
+            self.link.publish(route, known)
+        except Exception:
+            if target == zero.TARGET_ACTIVATOR:
+                raise  # no Service points at the activator before its route is there
+            log.warning("%s/%s: activator route not written yet (the next pass tries again)", ns, name,
+                        exc_info=True)
+
+    def _prune_endpointslices(self, md: Mapping[str, Any], reader: Reader, target: str,
+                              conflicts: Mapping[tuple[str, str], str]) -> None:
+        """The EndpointSlices of `<name>` that must go: at zero the controller's (frozen with the old
+        pods once the selector is gone), back at the pods ours, once the controller's lists a Ready
+        pod (until then both serve: the activator forwards what reaches it)."""
+        if self.link is None or (self.cache is not None and not self.cache.holds("EndpointSlice")):
+            return
+        meta = md["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        if ("Service", name) in conflicts:
+            return  # not our Service: not our slices either
+        slices = reader.list("EndpointSlice", ns, {activator_res.LABEL_SERVICE_NAME: name})
+        at_zero = target == zero.TARGET_ACTIVATOR
+        if not at_zero and not activator_res.controller_slice_ready(slices, name):
+            return
+        for slice_name in activator_res.slices_to_delete(slices, name, at_zero):
+            with contextlib.suppress(NotFound):
+                self.kube.delete("EndpointSlice", ns, slice_name)
+            if self.cache is not None:
+                self.cache.remove("EndpointSlice", {"metadata": {"namespace": ns, "name": slice_name}})
+
     def _children(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, current: str,
                   plan: switch.SwitchPlan, cplan: canary_plan.CanaryPlan,
-                  build: build_plan.BuildState | None = None) -> list[dict[str, Any]]:
+                  build: build_plan.BuildState | None = None, target: str = zero.TARGET_PODS,
+                  ) -> list[dict[str, Any]]:
         """Every child this pass wants as a whole object: the current revision's Deployment (when the
         plan runs it and, with an artifact store, once its artifact is recorded), the Services,
         the PodDisruptionBudget and, when configured, the NetworkPolicies (with an artifact store,
-        also `<name>-build` for the build Jobs' pods)."""
+        also `<name>-build` for the build Jobs' pods).
+
+        With the Service pointing at the activator (`target`), `<name>` has no selector and an
+        EndpointSlice of the activator's Ready pods, and both come first: going to zero, the
+        Service leaves the pods before their Deployment is scaled down."""
         meta = md["metadata"]
         out: list[dict[str, Any]] = []
         artifact = None
@@ -422,9 +505,17 @@ class Reconciler:
                                         spec=spec, revision=current, replicas=plan.replicas[current],
                                         images=self.images(), role="stable" if current == plan.stable else "canary",
                                         artifact=artifact))
-        out += build_services(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
-                              stable_revision=plan.stable or current, canary_revision=current,
-                              main_revision=cplan.main_service_revision)
+        services = build_services(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
+                                  stable_revision=plan.stable or current, canary_revision=current,
+                                  main_revision=cplan.main_service_revision)
+        if target == zero.TARGET_ACTIVATOR and self.link is not None:
+            services = [activator_res.build_activator_service(meta["name"], meta["namespace"], meta["uid"]),
+                        *services[1:],
+                        *activator_res.build_activator_endpointslices(meta["name"], meta["namespace"], meta["uid"],
+                                                                      self.link.addresses())]
+            out = [*services, *out]
+        else:
+            out += services
         out.append(build_pdb(md_name=meta["name"], namespace=meta["namespace"], owner_uid=meta["uid"],
                              replicas=spec.replicas))
         out += networkpolicy.build_network_policies(meta["name"], meta["namespace"], meta["uid"], current,

@@ -26,7 +26,8 @@ from .kube.client import Kube
 
 log = logging.getLogger(__name__)
 
-SETTLED_PHASES = frozenset({"Ready", "Failed"})  # Failed waits for a new spec (an event), not a timer
+# Failed waits for a new spec (an event), not a timer; ScaledToZero for demand (the activator's Lease).
+SETTLED_PHASES = frozenset({"Ready", "Failed", "ScaledToZero"})
 
 
 def settled(md: Mapping[str, Any]) -> bool:

@@ -26,6 +26,8 @@ SNIPPET = ROOT / "docs" / "argocd-health.yaml"
 LUA = ROOT / "charts" / "modeldeploy" / "argocd" / "health.lua"
 
 STABLE = "5d8f9c7b6a"
+IDLE_MESSAGE = ("scaled to zero (no requests for 10m (scaleToZeroAfter 10m): 1 -> 0); the activator answers "
+                "the next request and brings a pod back")
 CANARY = "e1f2a3b4c5"
 
 
@@ -151,6 +153,14 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
                                                 ("False", "RolloutComplete", f"revision {STABLE} serves"),
                                                 ("False", "AsExpected", ""))}),
      "Healthy", "replicas is 0"),
+    ("idle-at-zero",  # autoscaling.minReplicas 0: the activator answers the next request
+     model_deployment({"observedGeneration": 1, "phase": "ScaledToZero", "stableRevision": STABLE,
+                       "readyText": "0/0",
+                       "conditions": conditions(("False", "ScaledToZero", IDLE_MESSAGE),
+                                                LOADING_STABLE,
+                                                ("False", "RolloutComplete", f"revision {STABLE} serves"),
+                                                ("False", "AsExpected", ""))}),
+     "Healthy", IDLE_MESSAGE),
     ("plain-switch-progressing",
      model_deployment({"observedGeneration": 1, "phase": "Progressing", "stableRevision": STABLE,
                        "canaryRevision": CANARY,

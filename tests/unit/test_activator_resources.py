@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from modeldeploy import constants as c
 from modeldeploy.activator.routes import dump_routes, parse_routes, resolve_http
+from modeldeploy.kube.client import without_none
+from modeldeploy.planning import drift
 from modeldeploy.resources import activator as ra
 from modeldeploy.resources import build_services
 
@@ -22,7 +24,10 @@ def test_route_goes_to_the_stable_service_by_clusterip_when_known() -> None:
 def test_service_at_zero_is_the_same_service_without_a_selector() -> None:
     serving = build_services("digits", "ml", "uid-1", "abc123")[0]
     at_zero = ra.build_activator_service("digits", "ml", "uid-1")
-    assert "selector" not in at_zero["spec"]
+    assert at_zero["spec"]["selector"] is None  # "must be absent": the drift check compares it too
+    assert "selector" not in without_none(at_zero)["spec"]  # and apply leaves it out (removing ours)
+    assert drift.needs_apply(at_zero, serving)  # the live Service still selecting pods is switched
+    assert not drift.needs_apply(at_zero, without_none(at_zero))
     assert at_zero["metadata"] == serving["metadata"]
     assert at_zero["spec"]["ports"] == serving["spec"]["ports"]
 

@@ -11,7 +11,8 @@
 --   Suspended    status.canary.phase Paused
 --   Progressing  phase Pending, Loading or Progressing, or a canary live (Validating,
 --                Progressing, Promoting, RollingBack)
---   Healthy      phase Ready with the Ready condition True (or Pending because replicas is 0)
+--   Healthy      phase Ready with the Ready condition True, phase ScaledToZero (idle, the activator
+--                answers the next request), or Pending because replicas is 0
 --
 -- The source of truth is charts/modeldeploy/argocd/health.lua; docs/argocd-health.yaml is
 -- generated from it by hack/gen_argocd_snippet.py.
@@ -223,6 +224,12 @@ local live = canaryPhase == "Validating" or canaryPhase == "Progressing"
 if live then
   hs.status = "Progressing"
   hs.message = canaryMessage(canary)
+  return hs
+end
+
+if phase == "ScaledToZero" then
+  hs.status = "Healthy"
+  hs.message = condMessage(ready) or "scaled to zero"
   return hs
 end
 

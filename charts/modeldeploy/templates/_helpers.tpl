@@ -60,6 +60,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+{{- if (.Values.activator).enabled }}
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  # scale to zero: the slice pointing a model's Service at the activator, and the controller's
+  # slices of that Service (deleted at zero: frozen with the pods that went)
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{- end }}
 {{- end -}}
 
 
@@ -94,6 +101,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if include "modeldeploy.cacheAgentOn" . -}}
 {{- $labels := dict "app.kubernetes.io/name" "modeldeploy-cache-agent" "app.kubernetes.io/instance" .Release.Name -}}
 {{- $_ := set $np "cacheAgent" (dict "podLabels" $labels "port" (int .Values.artifactCache.port)) -}}
+{{- end -}}
+{{- if (.Values.activator).enabled -}}
+{{- $_ := set $np "activator" (dict "podLabels" (dict "app.kubernetes.io/name" "modeldeploy-activator" "app.kubernetes.io/instance" .Release.Name)) -}}
 {{- end -}}
 {{- toJson $np -}}
 {{- end -}}

@@ -92,34 +92,64 @@ class DemandLease:
         return parse_demand(((lease or {}).get("metadata") or {}).get("annotations"))
 
 
-def watch_config_map(kube: Kube, namespace: str, name: str, on_change: Callable[[dict[str, Any] | None], None],
-                     stop: threading.Event) -> None:
-    """Call `on_change` with every version of one ConfigMap (None when absent or deleted) until `stop`.
+def _lister(kube: Kube, kind: str) -> Callable[..., Any]:
+    """The typed client's namespaced list call of `kind` (what kubernetes.watch streams)."""
+    if kind == "ConfigMap":
+        return kubernetes.client.CoreV1Api(kube.api).list_namespaced_config_map
+    if kind == "Lease":
+        return kubernetes.client.CoordinationV1Api(kube.api).list_namespaced_lease
+    if kind == "EndpointSlice":
+        return kubernetes.client.DiscoveryV1Api(kube.api).list_namespaced_endpoint_slice
+    raise ValueError(f"no watch for {kind}")
 
-    A list then a watch, both by field selector on the name (what RBAC resourceNames allows); after
-    a broken stream or a 410 it lists again, so no version is missed for long."""
-    core = kubernetes.client.CoreV1Api(kube.api)
-    selector = f"metadata.name={name}"
+
+def watch_objects(kube: Kube, kind: str, namespace: str, on_change: Callable[[list[dict[str, Any]]], None],
+                  stop: threading.Event, *, field_selector: str = "", label_selector: str = "") -> None:
+    """Call `on_change` with every version of the set of `kind` objects the selectors pick in
+    `namespace` (all of them each time, [] when none) until `stop`.
+
+    A list then a watch; after a broken stream or a 410 it lists again, so no version is missed
+    for long. With a field selector on the name it needs only what RBAC resourceNames allows."""
+    lister = _lister(kube, kind)
+    selectors: dict[str, str] = {}
+    if field_selector:
+        selectors["field_selector"] = field_selector
+    if label_selector:
+        selectors["label_selector"] = label_selector
     while not stop.is_set():
         try:
-            listed = core.list_namespaced_config_map(namespace, field_selector=selector, _preload_content=False)
+            listed = lister(namespace, _preload_content=False, **selectors)
             doc = json.loads(listed.data)
-            items = doc.get("items") or []
-            on_change(items[0] if items else None)
+            held = {(o.get("metadata") or {}).get("name"): o for o in doc.get("items") or []}
+            on_change(list(held.values()))
             w = kubernetes.watch.Watch()
-            for event in w.stream(core.list_namespaced_config_map, namespace, field_selector=selector,
-                                  resource_version=doc["metadata"]["resourceVersion"], timeout_seconds=300,
-                                  allow_watch_bookmarks=True):
+            for event in w.stream(lister, namespace, resource_version=doc["metadata"]["resourceVersion"],
+                                  timeout_seconds=300, allow_watch_bookmarks=True, **selectors):
                 if stop.is_set():
                     w.stop()
                     break
-                if event.get("type") in ("BOOKMARK", "ERROR"):
-                    if event.get("type") == "ERROR":
-                        break
+                kind_of = event.get("type")
+                if kind_of == "ERROR":
+                    break
+                obj = event.get("raw_object") or {}
+                if kind_of == "BOOKMARK" or not isinstance(obj, dict):
                     continue
-                on_change(None if event.get("type") == "DELETED" else event.get("raw_object"))
+                name = (obj.get("metadata") or {}).get("name")
+                if kind_of == "DELETED":
+                    held.pop(name, None)
+                else:
+                    held[name] = obj
+                on_change(list(held.values()))
         except Exception as e:  # a broken stream, a 410, the API server away: list again shortly
-            log.info("routes watch restarting: %s", e.__class__.__name__)
+            log.info("%s watch in %s restarting: %s", kind, namespace, e.__class__.__name__)
             stop.wait(1.0)
         else:
             time.sleep(0.1)
+
+
+def watch_config_map(kube: Kube, namespace: str, name: str, on_change: Callable[[dict[str, Any] | None], None],
+                     stop: threading.Event) -> None:
+    """Call `on_change` with every version of one ConfigMap (None when absent or deleted) until `stop`
+    (a list then a watch by field selector on the name: what RBAC resourceNames allows)."""
+    watch_objects(kube, "ConfigMap", namespace, lambda found: on_change(found[0] if found else None), stop,
+                  field_selector=f"metadata.name={name}")

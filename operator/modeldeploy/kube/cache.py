@@ -27,6 +27,9 @@ from .. import constants
 # Kinds the cache holds: the ModelDeployments and every child kind the operator owns and watches.
 CACHED_KINDS: tuple[str, ...] = (constants.KIND, "Deployment", "Pod", "Service", "PodDisruptionBudget",
                                  "NetworkPolicy")
+# With the activator on (scale to zero), also the EndpointSlices of the models' Services: ours and
+# the EndpointSlice controller's (which carry the Service's labels), switched at zero and back.
+ACTIVATOR_KINDS: tuple[str, ...] = ("EndpointSlice",)
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -82,6 +85,9 @@ class WatchCache:
     # --- feeding ---------------------------------------------------------------------------
     def holds(self, kind: str) -> bool:
         return kind in self._objects
+
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self._objects)
 
     def synced(self, kind: str) -> bool:
         with self._lock:
@@ -244,7 +250,7 @@ def relist(cache: WatchCache, kube: Any, namespaces: Iterable[str | None]) -> in
     labels = {constants.LABEL_MANAGED_BY: constants.MANAGED_BY}
     namespaces = list(namespaces)
     total = 0
-    for kind in CACHED_KINDS:
+    for kind in cache.kinds():
         for ns in namespaces:
             items, version = kube.list_with_version(kind, ns, None if kind == constants.KIND else labels)
             cache.replace(kind, ns, items, version)

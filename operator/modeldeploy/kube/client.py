@@ -56,6 +56,14 @@ KINDS: dict[str, Kind] = {
 }
 
 
+def without_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_none(v) for v in value]
+    return value
+
+
 class NotFound(Exception):
     """The object does not exist."""
 
@@ -182,11 +190,14 @@ class Kube:
 
     # --- writes ----------------------------------------------------------------------------
     def apply(self, obj: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
-        """Server-side apply as field manager `modeldeploy`: we own exactly the fields we send."""
+        """Server-side apply as field manager `modeldeploy`: we own exactly the fields we send.
+
+        A field set to None is left out (so apply removes it, if we owned it): builders say "must be
+        absent" that way, which the drift check (planning/drift.py) compares too."""
         meta = obj["metadata"]
         kind = KINDS[obj["kind"]]
         self.writes.add("apply")
-        return self._call("PATCH", f"{kind.base(meta.get('namespace'))}/{meta['name']}", body=obj,
+        return self._call("PATCH", f"{kind.base(meta.get('namespace'))}/{meta['name']}", body=without_none(obj),
                           query={"fieldManager": constants.FIELD_MANAGER, "force": str(force).lower()},
                           content_type="application/apply-patch+yaml")
 

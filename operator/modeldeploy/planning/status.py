@@ -40,6 +40,7 @@ class Reason:
     CANARY_IN_PROGRESS = "CanaryInProgress"
     ROLLOUT_BLOCKED = "RolloutBlocked"
     OWNERSHIP_CONFLICT = "OwnershipConflict"
+    ACTIVATING = "Activating"  # scaled from zero on demand: the activator holds requests until a pod is Ready
 
 
 def canary_message(can: CanaryState, weight: float) -> str:
@@ -75,6 +76,9 @@ class StatusInput:
     build: BuildState | None = None  # the current revision's build, when revisions are built (artifact store)
     model_version: str = ""  # spec.model.version: the current revision's entry before its Deployment exists
     tune: bool = False  # spec.model.optimization.tune is set: the Tuned condition (planning/tuning.py)
+    # Scale to zero (autoscale/zero.py): "" not at zero; "idle: <why>" 0 pods, the activator answers;
+    # "activating" pods asked for, none Ready, the activator holds the requests.
+    zero: str = ""
 
 
 def served_revisions(previous: Mapping[str, Any], observed: Mapping[str, RevisionState]) -> frozenset[str]:
@@ -154,8 +158,16 @@ def compute(inp: StatusInput) -> dict[str, Any]:
         loaded = _condition(Condition.MODEL_LOADED, None, Reason.LOADING,
                             f"revision {inp.current}: waiting for the model to load", inp.generation)
 
-    if r == 0:
+    idle = inp.zero.startswith("idle") and r == 0
+    if idle:
+        ready_c = _condition(Condition.READY, False, Reason.SCALED_TO_ZERO,
+                             f"scaled to zero ({inp.zero.removeprefix('idle: ')}); the activator answers "
+                             f"the next request and brings a pod back", inp.generation)
+    elif r == 0:
         ready_c = _condition(Condition.READY, False, Reason.SCALED_TO_ZERO, "replicas is 0", inp.generation)
+    elif inp.zero == "activating" and ready == 0:
+        ready_c = _condition(Condition.READY, False, Reason.ACTIVATING,
+                             f"0/{r} replicas ready: requests wait in the activator", inp.generation)
     elif ready > 0:
         ready_c = _condition(Condition.READY, True, Reason.SERVING, f"{ready}/{r} replicas ready", inp.generation)
     else:
@@ -213,6 +225,8 @@ def compute(inp: StatusInput) -> dict[str, Any]:
         phase = Phase.FAILED
     elif rolling:
         phase = Phase.PROGRESSING
+    elif idle:
+        phase = Phase.SCALED_TO_ZERO
     elif ready == 0:
         phase = Phase.PENDING if (r == 0 or unschedulable) else Phase.LOADING
     elif degraded["status"] == "True":

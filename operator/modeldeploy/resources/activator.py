@@ -56,7 +56,8 @@ def build_activator_service(md_name: str, namespace: str, owner_uid: str) -> dic
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": labels.object_meta(md_name, namespace, md_name, owner_uid, labels.common_labels(md_name)),
-        "spec": {"type": "ClusterIP", "ports": service_ports()},
+        # No selector: None says "absent" to the drift check, and apply leaves it out (removing ours).
+        "spec": {"type": "ClusterIP", "selector": None, "ports": service_ports()},
     }
 
 
@@ -112,3 +113,15 @@ def slices_to_delete(slices: Iterable[dict[str, Any]], md_name: str, at_zero: bo
         if ours != at_zero:
             out.append(meta["name"])
     return sorted(out)
+
+
+def controller_slice_ready(slices: Iterable[dict[str, Any]], md_name: str) -> bool:
+    """Whether the EndpointSlice controller's slices of `<name>` list a Ready pod (so ours may go)."""
+    for s in slices:
+        lbl = (s.get("metadata") or {}).get("labels") or {}
+        if lbl.get(LABEL_SERVICE_NAME) != md_name or lbl.get(LABEL_SLICE_MANAGED_BY) == ENDPOINTSLICE_MANAGED_BY:
+            continue
+        if any((ep.get("conditions") or {}).get("ready") is not False and ep.get("addresses")
+               for ep in s.get("endpoints") or []):
+            return True
+    return False

@@ -86,6 +86,9 @@ class NetworkPolicySettings:
     metrics_namespaces: tuple[str, ...] = ()
     model_store: tuple[StoreEgress, ...] = ()
     cache_agent: CacheAgentEgress | None = None  # set by the chart with artifactCache.enabled
+    # The activator's pod labels (in the operator's namespace), set by the chart with activator.enabled:
+    # it forwards the requests it held for a model at zero to the model's pods.
+    activator_pod_labels: Mapping[str, str] | None = None
 
 
 def _cidr(value: Any, where: str) -> str:
@@ -107,15 +110,19 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _cache_agent(value: Any) -> CacheAgentEgress | None:
-    if not value:
-        return None
-    where = "cacheAgent"
+def _pod_labels(value: Any, where: str) -> dict[str, str]:
     pod_labels = value.get("podLabels") if isinstance(value, dict) else None
     if (not isinstance(pod_labels, dict) or not pod_labels
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in pod_labels.items())):
         raise ValueError(f"{ENV}: {where}.podLabels must be a non-empty map of labels")
-    return CacheAgentEgress(pod_labels=dict(sorted(pod_labels.items())), port=_port(value.get("port"), f"{where}.port"))
+    return dict(sorted(pod_labels.items()))
+
+
+def _cache_agent(value: Any) -> CacheAgentEgress | None:
+    if not value:
+        return None
+    where = "cacheAgent"
+    return CacheAgentEgress(pod_labels=_pod_labels(value, where), port=_port(value.get("port"), f"{where}.port"))
 
 
 @functools.cache
@@ -145,6 +152,7 @@ def parse(raw: str) -> NetworkPolicySettings:
     return NetworkPolicySettings(
         enabled=bool(doc.get("enabled", False)),
         cache_agent=_cache_agent(doc.get("cacheAgent")),
+        activator_pod_labels=_pod_labels(doc["activator"], "activator") if doc.get("activator") else None,
         operator_namespace=str(doc.get("operatorNamespace") or ""),
         client_namespace_selector=selector,
         client_cidrs=tuple(_cidr(x, "clients.cidrs") for x in clients.get("cidrs") or []),
@@ -191,6 +199,13 @@ def _serving_ingress(settings: NetworkPolicySettings) -> list[dict[str, Any]]:
                                      {"namespaceSelector": dict(settings.client_namespace_selector)}]
     clients += [_ip_block(cidr) for cidr in settings.client_cidrs]
     rules = [{"from": clients, "ports": _tcp(c.PORT_HTTP, c.PORT_GRPC)}]
+    if settings.activator_pod_labels and settings.operator_namespace:
+        # the activator's forwards of requests it held at zero (clients.namespaceSelector may not
+        # select the operator's namespace)
+        operator_ns = {"matchLabels": {LABEL_NAMESPACE_NAME: settings.operator_namespace}}
+        rules.append({"from": [{"namespaceSelector": operator_ns,
+                                "podSelector": {"matchLabels": dict(settings.activator_pod_labels)}}],
+                      "ports": _tcp(c.PORT_HTTP, c.PORT_GRPC)})
     scrapers = sorted({settings.operator_namespace, *settings.metrics_namespaces} - {""})
     if scrapers:
         rules.append({"from": [{"namespaceSelector": {"matchExpressions": [
