@@ -297,6 +297,9 @@ class Reconciler:
 
         children = self._children(md, spec, current, plan, cplan, build, target)
         route, route_note = self._route(md, spec, cplan, observed)
+        zero_note = ("autoscaling.minReplicas is 0 but this operator runs without the activator (chart "
+                     "activator.enabled): the model keeps one pod") \
+            if spec.autoscaling.scales_to_zero and self.link is None else ""
         if route is not None:
             children.append(route)
         live = {ownership.key(obj): reader.get_or_none(obj["kind"], namespace, obj["metadata"]["name"])
@@ -308,7 +311,7 @@ class Reconciler:
             name=name, namespace=namespace, model_name=spec.model.name, generation=generation, current=current,
             desired_replicas=desired_replicas, plan=plan, observed=observed, previous=previous,
             now=timefmt.rfc3339_at(now), canary=cplan.state, canary_weight=weight,
-            conflicts=tuple(conflicts.values()), notes=(route_note,) if route_note else (),
+            conflicts=tuple(conflicts.values()), notes=tuple(n for n in (route_note, zero_note) if n),
             build=build, model_version=spec.model.version, tune=spec.model.optimization.tune is not None,
             zero=self._zero_state(spec, desired_replicas, target, previous)))
         told = set(previous.get("warnings") or ())
@@ -342,6 +345,8 @@ class Reconciler:
             result.decisions.append((switch.Reason.RETIRED, f"deleted Deployment {state.deployment} (revision {rev})"))
         if route_note and route_note not in told:
             result.warnings.append(("GatewayAPIUnavailable", route_note))
+        if zero_note and zero_note not in told:
+            result.warnings.append(("ScaleToZeroUnavailable", zero_note))
 
         self._consume_manual(md, cplan, version)
         if cplan.state is not None:

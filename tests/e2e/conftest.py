@@ -15,10 +15,11 @@ from tests.support.stack import prepare
 def stack(request: pytest.FixtureRequest, real_cluster: ClusterHandle) -> Iterator[dict[str, Any]]:
     """Images loaded, MinIO with two model versions, the chart installed, a restricted namespace.
 
-    Per test module (its `NS`): a module may follow one that took the real node down and up again.
+    Per test module (its `NS`, and its `CHART_VALUES` when it has them): a module may follow one that
+    took the real node down and up again.
     """
     ns = request.module.NS
-    store = prepare(real_cluster, ns)
+    store = prepare(real_cluster, ns, *getattr(request.module, "CHART_VALUES", ()))
     yield {"store": store}
     real_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 

@@ -70,6 +70,8 @@ MUST_RUN: dict[str, str] = {
     "tests/unit/test_node_cache_wiring.py": "helm",
     "tests/integration/test_leader_election.py": "the API server, the chart's Lease Role",
     "tests/integration/test_stale_cache.py": "the API server's resourceVersion preconditions",
+    "tests/e2e/test_scale_to_zero.py": "the real node, MinIO, Triton and the chart's activator",
+    "tests/unit/test_scale_to_zero_operator.py": "helm",
 }
 
 SUMMARY_ENV = "MD_CI_GUARD_SUMMARY"

@@ -205,6 +205,9 @@ def test_without_the_activator_min_replicas_zero_keeps_one_pod() -> None:
     (dep,) = kube.of("Deployment")
     assert dep["spec"]["replicas"] == 1
     assert kube.of("EndpointSlice") == []
+    (note,) = _md(kube)["status"]["warnings"]  # said, not silently ignored
+    assert "minReplicas is 0" in note and "activator.enabled" in note
+    assert "ScaleToZeroUnavailable" in [e["reason"] for e in kube.of("Event")]
 
 
 def test_a_model_that_stops_scaling_to_zero_loses_its_route() -> None:
