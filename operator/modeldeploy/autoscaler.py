@@ -173,8 +173,8 @@ class Autoscaler:
                                     before.counts if before else None, before.at if before else now, after)
         if all(v is not None for v in after.values()):
             self._requests[key] = RequestCounts(now, {p: v for p, v in after.items() if v is not None}, last)
-        elif before is not None:
-            last = before.last_request_at  # a failed scrape: compare the next good read with the last good one
+        # else a failed scrape: `last` is None (unknown, never idle) and the next good read is
+        # compared with the last good one, so a request in between is still seen
         st = status.get("autoscaling") or {}
         rolling, building = rollout_or_build(status)
         if self.link is None or not self.link.addresses():

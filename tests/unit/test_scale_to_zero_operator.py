@@ -318,6 +318,16 @@ def test_a_failed_scrape_is_not_idleness(scaler_world: Any) -> None:
     source.fail = True
     for _ in range(5):
         assert _tick(kube, scaler, clock, 20)["desiredReplicas"] == 1
+    source.fail = False
+    _tick(kube, scaler, clock, 2)
+    _tick(kube, scaler, clock, 2)  # two good reads: idle from the first
+    source.fail = True  # scrapes fail past the window: still not idle
+    assert _tick(kube, scaler, clock, 40)["desiredReplicas"] == 1
+    source.requests += 3  # requests came while the scrape failed: seen at the next good read
+    source.fail = False
+    assert _tick(kube, scaler, clock, 2)["desiredReplicas"] == 1
+    assert _tick(kube, scaler, clock, 29)["desiredReplicas"] == 1  # 29 s after the request was seen
+    assert _tick(kube, scaler, clock, 2)["desiredReplicas"] == 0
 
 
 def test_never_to_zero_without_a_ready_activator_or_during_a_canary(scaler_world: Any) -> None:
