@@ -94,6 +94,14 @@ def revision_counters(source: MetricsSource, pods: list[dict[str, Any]], revisio
                             {name: m.request_p99_us for name, m in scraped.items() if m is not None})
 
 
+def starting_pods(pods: list[dict[str, Any]], revision: str) -> tuple[str, ...]:
+    """Addresses of the revision's pods that have one and are not being deleted (what `<name>-stable`
+    will select once they are Ready), sorted."""
+    return tuple(sorted({p["status"]["podIP"] for p in pods
+                         if (p.get("metadata") or {}).get("labels", {}).get(constants.LABEL_REVISION) == revision
+                         and not p["metadata"].get("deletionTimestamp") and (p.get("status") or {}).get("podIP")}))
+
+
 class Reconciler:
     """Drives ModelDeployments toward their spec; safe to call from several threads."""
 
@@ -327,7 +335,8 @@ class Reconciler:
                                                                     observed):
             self._confirm_current(md)  # Conflict: the cache was behind; nothing written, retried fresh
 
-        self._publish_route(md, spec, reader, target)
+        self._publish_route(md, spec, reader, target, starting_pods(pods, plan.stable or current)
+                            if target == zero.TARGET_ACTIVATOR else ())
         for obj in children:
             k = ownership.key(obj)
             if k in conflicts:
@@ -440,9 +449,11 @@ class Reconciler:
         return "activating" if target == zero.TARGET_ACTIVATOR else ""
 
     def _publish_route(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, reader: Reader,
-                       target: str) -> None:
+                       target: str, pods: tuple[str, ...] = ()) -> None:
         """Every model that may go to zero has its route in the activator's table, with the ClusterIPs
-        of its Services (read back from the cache: they exist once created). Raises when the route
+        of its Services (read back from the cache: they exist once created) and, while the Service
+        points at the activator, the addresses of its starting pods (the activator probes and
+        forwards to them directly: no wait for kube-proxy once one is Ready). Raises when the route
         of a model about to point at the activator cannot be written: the Service is not switched."""
         if self.link is None:
             return
@@ -454,7 +465,8 @@ class Reconciler:
         main = reader.get_or_none("Service", ns, name) or {}
         stable = reader.get_or_none("Service", ns, labels.stable_service_name(name)) or {}
         ips = (main.get("spec") or {}).get("clusterIPs") or []
-        route = activator_res.route_for(name, ns, spec.model.name, ips, (stable.get("spec") or {}).get("clusterIP"))
+        route = activator_res.route_for(name, ns, spec.model.name, ips, (stable.get("spec") or {}).get("clusterIP"),
+                                        pods)
 
         def known() -> set[tuple[str, str]]:
             return {(m["metadata"]["namespace"], m["metadata"]["name"]) for m in self.known_models()}

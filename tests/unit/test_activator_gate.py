@@ -151,3 +151,46 @@ def test_demand_is_renewed_at_most_once_per_interval_and_retried_after_errors() 
         await demand.aclose()
 
     run(main())
+
+
+def test_a_starting_pod_is_probed_and_forwarded_to_directly_as_soon_as_it_is_ready() -> None:
+    """The operator lists the pods that are starting: a held request goes to the first that answers
+    ready, without waiting for kube-proxy to put it behind the Service; the Service stays the
+    fallback, and pods the operator adds while requests are held are probed from then on."""
+    async def main() -> None:
+        ready: set[str] = set()
+        asked: list[str] = []
+
+        async def probe(route: Route) -> bool:
+            asked.append(route.http)
+            return route.http in ready
+
+        metrics, sink = ActivatorMetrics(), Sink()
+        demand = ThrottledDemand(sink, metrics, renew_s=60)
+        gates = Gates(HoldSettings(probe_interval_s=0.01), metrics, probe, demand)
+        service = Route("ml", "digits", "digits", "10.96.0.7:8000", "10.96.0.7:8001")
+        gate = gates.gate(service)
+        held = asyncio.create_task(gate.wait(time.monotonic() + 5))
+        await asyncio.sleep(0.05)
+        assert set(asked) == {"10.96.0.7:8000"}  # no pod yet: the Service only
+        with_pod = Route("ml", "digits", "digits", "10.96.0.7:8000", "10.96.0.7:8001", pods=("10.244.0.12",))
+        gates.refresh({with_pod.key: with_pod})  # the operator saw the pod get its address
+        assert gates.gate(with_pod) is gate  # same gate: what it holds stays held
+        await asyncio.sleep(0.05)
+        assert "10.244.0.12:8000" in asked and not held.done()
+        ready.add("10.244.0.12:8000")  # Ready; the Service has no endpoint for it yet
+        await held
+        assert gate.target.http == "10.244.0.12:8000" and gate.target.grpc == "10.244.0.12:8001"
+        gate.close()  # it went away: the next cold start probes again, the Service as fallback
+        assert gate.target == with_pod
+        ready.clear()
+        ready.add("10.96.0.7:8000")
+        again = asyncio.create_task(gate.wait(time.monotonic() + 5))
+        await again
+        assert gate.target.http == "10.96.0.7:8000"
+        other = Route("ml", "digits", "digits", "10.96.0.9:8000", "10.96.0.9:8001")
+        assert gates.gate(other) is not gate  # another Service: a new gate
+        await gates.aclose()
+        await demand.aclose()
+
+    run(main())

@@ -117,3 +117,18 @@ def test_a_removed_route_stays_routable_for_a_grace_period() -> None:
     assert routes.table().get("ml", "digits").http == DIGITS["http"]  # type: ignore[union-attr]
     routes.update("not json")  # a bad document keeps the table
     assert len(routes.table().routes) == 2
+
+
+def test_starting_pods_round_trip_and_bad_addresses_are_named() -> None:
+    from modeldeploy.activator.routes import Route, RoutesError, dump_routes, parse_routes
+
+    r = Route("ml", "digits", "digits", "10.96.0.7:8000", "10.96.0.7:8001", ("10.96.0.7",), ("10.244.0.12", "fd00::5"))
+    (back,) = parse_routes(dump_routes([r])).routes
+    assert back == r
+    assert back.via_pod("fd00::5").http == "[fd00::5]:8000" and back.via_pod("10.244.0.12").grpc == "10.244.0.12:8001"
+    assert back.same_backends(Route("ml", "digits", "digits", "10.96.0.7:8000", "10.96.0.7:8001", ("10.96.0.7",)))
+    assert "pods" not in dump_routes([Route("ml", "d", "d", "a:1", "a:2")])  # unchanged documents without pods
+    import pytest
+
+    with pytest.raises(RoutesError, match=r"models\[0\]\.pods"):
+        parse_routes('{"models": [{"namespace": "ml", "name": "d", "http": "a:1", "grpc": "a:2", "pods": ["x"]}]}')

@@ -95,19 +95,19 @@ def _world(status: dict[str, Any] | None = None, link: FakeLink | None = None,
     return kube, rec, link
 
 
-def _pod_ready(kube: MemoryKube, dep: dict[str, Any]) -> None:
-    """What the ReplicaSet controller and the kubelet would do: one Ready pod of the Deployment."""
+def _pod_ready(kube: MemoryKube, dep: dict[str, Any], ready: bool = True) -> None:
+    """What the ReplicaSet controller and the kubelet would do: one (Ready) pod of the Deployment."""
     meta = {"name": dep["metadata"]["name"] + "-1", "namespace": NS,
             "labels": dict(dep["spec"]["template"]["metadata"]["labels"]),
             "creationTimestamp": "2026-12-03T10:00:00Z"}
     kube.objects[("Pod", NS, meta["name"])] = {
         "kind": "Pod", "metadata": meta,
         "status": {"phase": "Running", "podIP": "10.244.0.9",
-                   "conditions": [{"type": "Ready", "status": "True"}],
-                   "containerStatuses": [{"name": "triton", "ready": True, "restartCount": 0,
+                   "conditions": [{"type": "Ready", "status": str(ready)}],
+                   "containerStatuses": [{"name": "triton", "ready": ready, "restartCount": 0,
                                           "state": {"running": {}}}]}}
-    dep["status"] = {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
-                     "observedGeneration": 1}
+    dep["status"] = {"replicas": 1, "readyReplicas": int(ready), "availableReplicas": int(ready),
+                     "updatedReplicas": 1, "observedGeneration": 1}
     kube.objects[("Deployment", NS, dep["metadata"]["name"])]["status"] = dep["status"]
 
 
@@ -189,13 +189,21 @@ def test_a_route_that_cannot_be_written_stops_the_switch() -> None:
 
 
 def test_woken_model_without_a_ready_pod_is_activating_and_stays_on_the_activator() -> None:
-    kube, rec, _link = _world({"autoscaling": {"desiredReplicas": 1, "upSince": "2026-12-03T10:00:00.000000Z"}})
+    kube, rec, link = _world({"autoscaling": {"desiredReplicas": 1, "upSince": "2026-12-03T10:00:00.000000Z"}})
     rec.reconcile(NS, "digits")
     (dep,) = kube.of("Deployment")
     assert dep["spec"]["replicas"] == 1
     assert "selector" not in kube.get_or_none("Service", NS, "digits")["spec"]  # type: ignore[index]
     md = _md(kube)
     assert _ready_reason(md) == "Activating" and md["status"]["phase"] == "Loading"
+    assert link.routes[(NS, "digits")].pods == ()  # no pod address yet
+    _pod_ready(kube, dep, ready=False)  # the pod has its address, Triton still loading
+    rec.reconcile(NS, "digits")
+    assert link.routes[(NS, "digits")].pods == ("10.244.0.9",)  # the activator probes it directly
+    _pod_ready(kube, dep)
+    rec.reconcile(NS, "digits")  # Ready: the Service selects it, the route lists no pod
+    assert kube.get_or_none("Service", NS, "digits")["spec"]["selector"]  # type: ignore[index]
+    assert link.routes[(NS, "digits")].pods == ()
 
 
 def test_without_the_activator_min_replicas_zero_keeps_one_pod() -> None:

@@ -68,6 +68,7 @@ async def run(settings: ActivatorSettings, stop: asyncio.Event, ready: asyncio.E
         def apply() -> None:
             metrics.routes.set(len(table.routes))  # the operator's list (not the ones leaving)
             if gates is not None:
+                gates.refresh(table.by_key)
                 gates.prune(set(routes.table().by_key))
 
         loop.call_soon_threadsafe(apply)

@@ -26,6 +26,7 @@ log: Final = logging.getLogger("modeldeploy.activator")
 STREAM_METHOD: Final = "/inference.GRPCInferenceService/ModelStreamInfer"
 SERVICE_PREFIX: Final = "/inference.GRPCInferenceService/"
 MAX_MESSAGE_BYTES: Final = 2**31 - 1
+MAX_CHANNELS: Final = 256
 # Metadata gRPC manages itself, never passed on.
 RESERVED: Final = frozenset({"content-type", "te", "grpc-timeout", "user-agent", "grpc-accept-encoding",
                              "grpc-encoding", "grpc-message-type", TARGET_METADATA})
@@ -49,10 +50,17 @@ class GrpcProxy:
         self.gates = gates
         self.forward_timeout_s = forward_timeout_s
         self._channels: dict[str, aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def channel(self, target: str) -> aio.Channel:
+        """One channel per backend; pods' addresses come and go, so only the newest 256 are kept."""
         ch = self._channels.get(target)
         if ch is None:
+            while len(self._channels) >= MAX_CHANNELS:
+                old = self._channels.pop(next(iter(self._channels)))
+                task = asyncio.get_running_loop().create_task(old.close(grace=30))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
             ch = self._channels[target] = aio.insecure_channel(target, options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
@@ -109,7 +117,8 @@ class GrpcProxy:
             while True:
                 gate = self.gates.gate(route)
                 await gate.wait(deadline)
-                call = self.channel(route.grpc).unary_unary(method)
+                target = gate.target
+                call = self.channel(target.grpc).unary_unary(method)
                 timeout, remaining = self.forward_timeout_s, context.time_remaining()
                 if remaining is not None:
                     timeout = max(0.001, min(timeout, remaining))
@@ -117,7 +126,7 @@ class GrpcProxy:
                     response = await call(request, metadata=forward_md, timeout=timeout)
                 except aio.AioRpcError as e:
                     if e.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline:
-                        log.info("%s: %s unavailable: holding", route.key, route.grpc)
+                        log.info("%s: %s unavailable: holding", route.key, target.grpc)
                         gate.close()
                         continue
                     self.gates.metrics.forwarded.labels(namespace=route.namespace, name=route.name).inc()
@@ -138,11 +147,12 @@ class GrpcProxy:
             return
         try:
             route = self._route(lookup, first)
-            await self.gates.gate(route).wait(self._deadline(arrived, context))
+            gate = self.gates.gate(route)
+            await gate.wait(self._deadline(arrived, context))
         except Refused as e:
             await self._abort(context, e)
             return
-        call = self.channel(route.grpc).stream_stream(STREAM_METHOD)(metadata=forward_md)
+        call = self.channel(gate.target.grpc).stream_stream(STREAM_METHOD)(metadata=forward_md)
 
         async def pump() -> None:
             await call.write(first)

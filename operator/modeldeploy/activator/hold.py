@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -87,16 +87,37 @@ class Gate:
         self._probe_task: asyncio.Task[None] | None = None
         self._labels = {"namespace": route.namespace, "name": route.name}
         self._refusal: Refused | None = None  # set when the activator stops: held requests get it
+        self._target: Route | None = None  # where the probe found the model ready: a pod, or the Service
 
     @property
     def is_open(self) -> bool:
         return self._open.is_set()
+
+    @property
+    def target(self) -> Route:
+        """Where to forward: the pod the probe found ready (no wait for kube-proxy), else the Service."""
+        return self._target or self.route
 
     def close(self) -> None:
         """The pods are gone (a forward could not connect): hold again from now on."""
         if self._open.is_set():
             log.info("%s: no pod answers: holding requests again", self.route.key)
         self._open.clear()
+        self._target = None
+
+    async def _probe_once(self) -> Route | None:
+        """Every starting pod the operator listed and the Service, at once: the first pod that
+        answers ready (else the Service, when it does)."""
+        candidates = [self.route.via_pod(a) for a in self.route.pods] + [self.route]
+
+        async def ask(candidate: Route) -> bool:
+            try:
+                return await self._probe(candidate)
+            except Exception as e:  # a probe must never end the loop: requests are waiting on it
+                log.debug("%s: probe of %s failed: %s", self.route.key, candidate.http, e)
+                return False
+        answers = await asyncio.gather(*(ask(c) for c in candidates))
+        return next((c for c, ok in zip(candidates, answers, strict=True) if ok), None)
 
     async def wait(self, deadline: float) -> float:
         """Return once the gate is open (seconds held), or raise OverCap / HoldTimeout."""
@@ -141,17 +162,14 @@ class Gate:
 
     async def _probe_loop(self) -> None:
         while not self._open.is_set() and self.waiting > 0:
-            ok = False
-            try:
-                ok = await self._probe(self.route)
-            except Exception as e:  # a probe must never end the loop: requests are waiting on it
-                log.debug("%s: probe failed: %s", self.route.key, e)
-            if ok:
+            found = await self._probe_once()
+            if found is not None:
+                self._target = found
                 if self.cold_since is not None:
                     cold = self._clock() - self.cold_since
                     self.metrics.cold_start.labels(**self._labels).observe(cold)
-                    log.info("%s: pod Ready %.2fs after the first held request: releasing %d request(s)",
-                             self.route.key, cold, self.waiting)
+                    log.info("%s: pod Ready %.2fs after the first held request (at %s): releasing %d request(s)",
+                             self.route.key, cold, found.http, self.waiting)
                 self.cold_since = None
                 self._open.set()
                 return
@@ -183,9 +201,18 @@ class Gates:
 
     def gate(self, route: Route) -> Gate:
         g = self._gates.get(route.key)
-        if g is None or g.route != route:
+        if g is None or not g.route.same_backends(route):
             g = self._gates[route.key] = Gate(route, self.settings, self.metrics, self._probe, self._demand)
+        else:
+            g.route = route  # only the starting pods changed: the requests it holds stay held
         return g
+
+    def refresh(self, routes: Mapping[str, Route]) -> None:
+        """New routes: gates whose model only has new starting pods probe them from now on."""
+        for key, g in self._gates.items():
+            new = routes.get(key)
+            if new is not None and g.route.same_backends(new):
+                g.route = new
 
     def check_draining(self) -> None:
         if self.draining:

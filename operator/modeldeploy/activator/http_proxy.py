@@ -119,10 +119,11 @@ class HttpProxy:
         while True:
             gate = self.gates.gate(route)
             await gate.wait(deadline)
+            target = gate.target
             try:
-                return await self._forward(request, route, body)
+                return await self._forward(request, target, body)
             except aiohttp.ClientConnectorError as e:  # nothing was sent: hold it again
-                log.info("%s: cannot connect to %s (%s): holding", route.key, route.http, e.__class__.__name__)
+                log.info("%s: cannot connect to %s (%s): holding", route.key, target.http, e.__class__.__name__)
                 gate.close()
                 if time.monotonic() >= deadline:
                     raise self.gates.timed_out(route) from None

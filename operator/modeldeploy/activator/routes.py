@@ -24,7 +24,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 TARGET_METADATA: Final = "modeldeploy-target"
@@ -48,10 +48,24 @@ class Route:
     http: str  # host:port of an always-selecting Service of the model's pods (HTTP)
     grpc: str  # host:port, gRPC
     cluster_ips: tuple[str, ...] = ()
+    # The addresses of the model's pods while they start (not yet Ready): probed and forwarded to
+    # directly, on the Service's ports, so a held request does not wait for kube-proxy to program
+    # the Service after the pod turns Ready. The Service stays the fallback.
+    pods: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def same_backends(self, other: Route) -> bool:
+        """Equal but for `pods` (a gate lives on while pod addresses come and go)."""
+        return replace(self, pods=()) == replace(other, pods=())
+
+    def via_pod(self, address: str) -> Route:
+        """This route with both backends on one pod's address (the Service's port numbers)."""
+        host = f"[{address}]" if ":" in address else address
+        return replace(self, http=f"{host}:{self.http.rsplit(':', 1)[1]}",
+                       grpc=f"{host}:{self.grpc.rsplit(':', 1)[1]}", pods=())
 
 
 @dataclass(frozen=True)
@@ -134,8 +148,15 @@ def parse_routes(text: str | bytes) -> RouteTable:
             cluster_ips = tuple(_norm_ip(str(ip)) for ip in ips if ip and ip != "None")
         except ValueError as e:
             raise RoutesError(f"{w}.clusterIPs: {e}") from None
+        pods = m.get("pods") or []
+        if not isinstance(pods, list):
+            raise RoutesError(f"{w}.pods must be a list")
+        try:
+            pod_ips = tuple(_norm_ip(str(ip)) for ip in pods)
+        except ValueError as e:
+            raise RoutesError(f"{w}.pods: {e}") from None
         route = Route(ns, name, model, _check_backend(f"{w}.http", m.get("http")),
-                      _check_backend(f"{w}.grpc", m.get("grpc")), cluster_ips)
+                      _check_backend(f"{w}.grpc", m.get("grpc")), cluster_ips, pod_ips)
         if route.key in seen:
             raise RoutesError(f"{w}: {route.key} is listed twice")
         seen.add(route.key)
@@ -147,7 +168,8 @@ def dump_routes(routes: Sequence[Route]) -> str:
     """The routes document for `routes` (what the operator writes; parse_routes reads it back)."""
     return json.dumps({"models": [
         {"namespace": r.namespace, "name": r.name, "model": r.model, "clusterIPs": list(r.cluster_ips),
-         "http": r.http, "grpc": r.grpc} for r in sorted(routes, key=lambda r: r.key)]}, sort_keys=True)
+         "http": r.http, "grpc": r.grpc, **({"pods": list(r.pods)} if r.pods else {})}
+        for r in sorted(routes, key=lambda r: r.key)]}, sort_keys=True)
 
 
 def _host_only(host: str) -> str:

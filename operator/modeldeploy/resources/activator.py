@@ -40,14 +40,16 @@ def endpointslice_name(md_name: str) -> str:
 
 
 def route_for(md_name: str, namespace: str, model_name: str, cluster_ips: Sequence[str],
-              stable_cluster_ip: str | None = None) -> Route:
+              stable_cluster_ip: str | None = None, pods: Sequence[str] = ()) -> Route:
     """The activator's route for a model at zero: its ClusterIPs (clients that use the address),
-    and its pods through `<name>-stable` (by ClusterIP when known: no DNS lookup in the cold path)."""
+    and its pods through `<name>-stable` (by ClusterIP when known: no DNS lookup in the cold path),
+    plus the addresses of its starting pods (probed and forwarded to directly)."""
     host = labels.stable_service_name(md_name) + f".{namespace}.svc"
     if stable_cluster_ip and stable_cluster_ip != "None":
         host = f"[{stable_cluster_ip}]" if ":" in stable_cluster_ip else stable_cluster_ip
     ips = tuple(ip for ip in cluster_ips if ip and ip != "None")
-    return Route(namespace, md_name, model_name, f"{host}:{c.PORT_HTTP}", f"{host}:{c.PORT_GRPC}", ips)
+    return Route(namespace, md_name, model_name, f"{host}:{c.PORT_HTTP}", f"{host}:{c.PORT_GRPC}", ips,
+                 tuple(sorted(set(pods))))
 
 
 def build_activator_service(md_name: str, namespace: str, owner_uid: str) -> dict[str, Any]:
