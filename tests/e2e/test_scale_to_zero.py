@@ -25,6 +25,7 @@ from tests.e2e.conftest import service_answers
 from tests.support import operator as op
 from tests.support import serving_digits as sd
 from tests.support.cluster import ClusterHandle, wait_for
+from tests.support.specs import autoscaled_digits
 
 pytestmark = pytest.mark.e2e
 
@@ -37,15 +38,11 @@ IDLE_AFTER = "30s"
 
 
 def _spec() -> dict[str, Any]:
-    return {"apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": NAME},
-            "spec": {"model": {"name": "digits", "version": "1",
-                               "source": {"uri": "s3://models/digits/1/model.onnx", "credentialsSecret": "s3-creds"},
-                               "format": "onnx", "maxBatchSize": 32},
-                     "serving": {"gpus": 1, "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
-                                                          "limits": {"memory": "2Gi"}}},
-                     "replicas": 1,
-                     "autoscaling": {"enabled": True, "minReplicas": 0, "maxReplicas": 1,
-                                     "scaleToZeroAfter": IDLE_AFTER, "metric": "inferenceRate", "target": 50}}}
+    """The autoscaling e2e test's digits model (one fake GPU per pod), at most one pod, to zero when idle."""
+    md = autoscaled_digits(NAME)
+    md["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 0, "maxReplicas": 1,
+                                 "scaleToZeroAfter": IDLE_AFTER, "metric": "inferenceRate", "target": 50}
+    return md
 
 
 def _md(tc: ClusterHandle) -> dict[str, Any]:
