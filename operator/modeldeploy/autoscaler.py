@@ -27,7 +27,7 @@ from .metrics.parse import TritonMetrics
 from .metrics.source import MetricsSource, source_from_settings
 from .planning.build import CONDITION as ARTIFACT_READY
 from .planning.observe import pod_ready, pod_unschedulable
-from .rollout.canary import LIVE, Phase
+from .rollout.canary import UNDER_WAY
 from .timefmt import parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class RequestCounts:
 def rollout_or_build(status: Mapping[str, Any]) -> tuple[bool, bool]:
     """(a canary or rollout is under way, a revision is building), from status alone."""
     phase = (status.get("canary") or {}).get("phase")
-    rolling = bool(status.get("canaryRevision")) or phase in LIVE or phase == Phase.PAUSED
+    rolling = bool(status.get("canaryRevision")) or phase in UNDER_WAY
     building = any(c.get("type") == ARTIFACT_READY and c.get("status") == "Unknown"
                    for c in status.get("conditions") or [] if isinstance(c, dict))
     return rolling, building

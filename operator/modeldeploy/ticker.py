@@ -15,7 +15,7 @@ from typing import Any
 
 from .autoscaler import Autoscaler
 from .config import Settings
-from .rollout.canary import LIVE, Phase
+from .rollout.canary import UNDER_WAY
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def canary_live(md: Mapping[str, Any]) -> bool:
     """Whether status.canary says a rollout is under way (paused ones wait for their annotation)."""
     phase = ((md.get("status") or {}).get("canary") or {}).get("phase")
-    return phase in LIVE or phase == Phase.PAUSED
+    return phase in UNDER_WAY
 
 
 def start(scaler: Autoscaler, models: Callable[[], list[dict[str, Any]]],

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..constants import Condition, Phase
-from ..rollout.canary import LIVE, CanaryState
+from ..rollout.canary import UNDER_WAY, CanaryState
 from ..rollout.canary import Phase as CanaryPhase
 from . import build as build_state
 from . import tuning
@@ -177,7 +177,7 @@ def compute(inp: StatusInput) -> dict[str, Any]:
         ready_c = _condition(Condition.READY, False, Reason.NO_READY_REPLICAS, f"0/{r} replicas ready{why}",
                              inp.generation)
 
-    live_canary = rolling and can is not None and (can.phase in LIVE or can.phase == CanaryPhase.PAUSED)
+    live_canary = rolling and can is not None and can.phase in UNDER_WAY
     if live_canary and can is not None and can.waiting:
         progressing = _condition(Condition.PROGRESSING, False, Reason.ROLLOUT_BLOCKED,
                                  f"canary {can.revision}: {can.waiting}", inp.generation)

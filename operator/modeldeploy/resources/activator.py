@@ -102,28 +102,23 @@ def build_activator_endpointslices(md_name: str, namespace: str, owner_uid: str,
     return out
 
 
+def _ours(endpointslice: dict[str, Any], md_name: str) -> bool | None:
+    """Whether a slice of the `<name>` Service is ours (True) or the controller's (False); None: not
+    a slice of that Service."""
+    lbl = (endpointslice.get("metadata") or {}).get("labels") or {}
+    if lbl.get(LABEL_SERVICE_NAME) != md_name:
+        return None
+    return lbl.get(LABEL_SLICE_MANAGED_BY) == ENDPOINTSLICE_MANAGED_BY
+
+
 def slices_to_delete(slices: Iterable[dict[str, Any]], md_name: str, at_zero: bool) -> list[str]:
     """EndpointSlices of the `<name>` Service that must go: at zero, every slice not ours (the
     controller's, frozen once the selector is gone); serving, ours."""
-    out = []
-    for s in slices:
-        meta = s.get("metadata") or {}
-        lbl = meta.get("labels") or {}
-        if lbl.get(LABEL_SERVICE_NAME) != md_name:
-            continue
-        ours = lbl.get(LABEL_SLICE_MANAGED_BY) == ENDPOINTSLICE_MANAGED_BY
-        if ours != at_zero:
-            out.append(meta["name"])
-    return sorted(out)
+    return sorted(s["metadata"]["name"] for s in slices if _ours(s, md_name) is (not at_zero))
 
 
 def controller_slice_ready(slices: Iterable[dict[str, Any]], md_name: str) -> bool:
     """Whether the EndpointSlice controller's slices of `<name>` list a Ready pod (so ours may go)."""
-    for s in slices:
-        lbl = (s.get("metadata") or {}).get("labels") or {}
-        if lbl.get(LABEL_SERVICE_NAME) != md_name or lbl.get(LABEL_SLICE_MANAGED_BY) == ENDPOINTSLICE_MANAGED_BY:
-            continue
-        if any((ep.get("conditions") or {}).get("ready") is not False and ep.get("addresses")
-               for ep in s.get("endpoints") or []):
-            return True
-    return False
+    return any(_ours(s, md_name) is False and any((ep.get("conditions") or {}).get("ready") is not False
+                                                  and ep.get("addresses") for ep in s.get("endpoints") or [])
+               for s in slices)

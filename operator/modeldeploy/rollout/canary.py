@@ -33,6 +33,8 @@ class Phase:
 
 LIVE = (Phase.VALIDATING, Phase.PROGRESSING, Phase.PROMOTING, Phase.ROLLING_BACK)
 DONE = (Phase.PROMOTED, Phase.ROLLED_BACK)
+# A rollout under way: live, or paused waiting for its annotation (not finished either way).
+UNDER_WAY = (*LIVE, Phase.PAUSED)
 
 
 class Reason:
