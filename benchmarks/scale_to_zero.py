@@ -12,6 +12,11 @@ One run, the digits CNN served by the CPU tritonserver, the activator as a proce
            open (what a client would see if the Service still pointed at the activator: in the
            design it does not once a pod is Ready, so this is the worst case of a slow switch).
 
+With `--keda-src <checkout of github.com/kedacore/http-add-on>` the same rounds also run through
+the KEDA HTTP add-on's interceptor (benchmarks/_keda_interceptor.py; HTTP only, as its cold
+figures are compared with the activator's HTTP clients), and the steady load a third time
+through the interceptor, which stays in the request path while pods are up.
+
 Goal (issue 19, measured there on the real node): cold p50 first response <= pod Ready + 0.5 s.
 Here "Ready" is Triton's start-to-ready on a local model repository (the cached-artifact case
 without the pod around it). Printed MET / NOT MET; the exit status is non-zero only when a
@@ -39,6 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "hack")]
 
+from benchmarks import _keda_interceptor as keda  # noqa: E402
 from benchmarks._load import run_load  # noqa: E402
 from benchmarks._report import write_json  # noqa: E402
 from localcluster.process import free_port  # noqa: E402
@@ -142,12 +148,80 @@ def cold_round(repo: Path, x: np.ndarray, clients: int, work: Path, k: int) -> d
                 t.join(timeout=180)
             stop.set()
             watcher.join(timeout=5)
+    return _summary(done, started, ready_at, errors, clients)
+
+
+def _summary(done: list[float | None], started: float, ready_at: list[float], errors: list[str],
+             clients: int) -> dict[str, Any]:
     answered = sorted(d - started for d in done if d is not None)
+    http = sorted(d - started for i, d in enumerate(done) if d is not None and i % 2 == 0)
     ready_s = ready_at[0] - started if ready_at else float("nan")
     return {"clients": clients, "answered": len(answered), "errors": errors[:3], "ready_s": ready_s,
             "first_s": answered[0] if answered else None,
             "p50_s": statistics.median(answered) if answered else None,
-            "p99_s": float(np.percentile(answered, 99)) if answered else None}
+            "p99_s": float(np.percentile(answered, 99)) if answered else None,
+            "http_p50_s": statistics.median(http) if http else None}
+
+
+def keda_cold_round(icp: keda.Interceptor, repo: Path, x: np.ndarray, clients: int, work: Path, k: int,
+                    ports: tuple[int, int, int]) -> dict[str, Any]:
+    """One cold round through the interceptor: HTTP clients held there, Triton started, the endpoint
+    marked ready the moment Triton answers its readiness probe."""
+    icp.set_ready(False)
+    done: list[float | None] = [None] * clients
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        try:
+            _http(icp.url)(x[i % len(x)][None])
+            done[i] = time.monotonic()
+        except Exception as e:
+            errors.append(repr(e)[:200])
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while icp.held() < clients and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ready_at: list[float] = []
+    stop = threading.Event()
+
+    def watch_ready() -> None:
+        while not stop.is_set():
+            if _ready(ports[0]):
+                ready_at.append(time.monotonic())
+                icp.set_ready(True)
+                return
+            time.sleep(0.02)
+
+    started = time.monotonic()
+    watcher = threading.Thread(target=watch_ready, daemon=True)
+    watcher.start()
+    with serving.running(repo, work / f"triton-keda-{k}.log", extra_args=("--http-address=0.0.0.0",), ports=ports):
+        for t in threads:
+            t.join(timeout=180)
+        stop.set()
+        watcher.join(timeout=5)
+    summary = _summary(done, started, ready_at, errors, clients)
+    summary["http_p50_s"] = summary["p50_s"]  # every client is HTTP here
+    return summary
+
+
+def keda_runs(src: Path, repo: Path, x: np.ndarray, clients: int, rounds: int, concurrency: int, duration: float,
+              work: Path) -> dict[str, Any]:
+    binary = keda.build(src, work)
+    ports = (free_port(), free_port(), free_port())
+    inputs = [x[i][None] for i in range(64)]
+    with keda.running_interceptor(binary, src, work, ports[0]) as icp:
+        keda.wait_routed(icp)
+        cold = [keda_cold_round(icp, repo, x, clients, work, k, ports) for k in range(rounds)]
+        with serving.running(repo, work / "triton-keda-steady.log", extra_args=("--http-address=0.0.0.0",),
+                             ports=ports):
+            icp.set_ready(True)
+            _http(icp.url)(inputs[0])
+            steady_via = run_load(lambda: _http(icp.url), inputs, concurrency, duration, 2.0)
+    return {"cold": cold, "steady": steady_via.as_dict()}
 
 
 def steady(repo: Path, x: np.ndarray, concurrency: int, duration: float, work: Path) -> dict[str, Any]:
@@ -171,12 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--json", type=Path)
+    p.add_argument("--keda-src", type=Path, help="a checkout of github.com/kedacore/http-add-on: also measure "
+                   "its interceptor in the same run")
     args = p.parse_args(argv)
+    kd: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="scale-to-zero-") as tmp:
         work = Path(tmp)
         repo, x = _repo(work)
         rounds = [cold_round(repo, x, args.clients, work, k) for k in range(args.rounds)]
         st = steady(repo, x, args.concurrency, args.duration, work)
+        if args.keda_src:
+            kd = keda_runs(args.keda_src, repo, x, args.clients, args.rounds, args.concurrency, args.duration, work)
     failed = any(r["answered"] != r["clients"] for r in rounds) or st["direct"]["errors"] or st["activator"]["errors"]
     print(f"\ncold: {args.clients} clients held, Triton started late "
           f"({args.rounds} rounds; seconds from Triton's start)")
@@ -195,9 +274,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsteady, HTTP, concurrency {args.concurrency}, {args.duration:g}s: direct {d['throughput']:.0f} req/s "
           f"p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms; through the activator {a['throughput']:.0f} req/s "
           f"p50 {a['p50_ms']:.2f} ms p99 {a['p99_ms']:.2f} ms ({a['throughput'] / d['throughput']:.2f}x throughput)")
+    if kd is not None:
+        _print_keda(kd, rounds, st, args)
+        failed = failed or any(r["answered"] != r["clients"] for r in kd["cold"]) or bool(kd["steady"]["errors"])
     write_json(args.json, {"cold": rounds, "steady": st, "p50_over_ready_s": p50_over,
-                           "first_over_ready_s": statistics.median(first_over)})
+                           "first_over_ready_s": statistics.median(first_over), "keda": kd})
     return 1 if failed else 0
+
+
+def _print_keda(kd: dict[str, Any], rounds: list[dict[str, Any]], st: dict[str, Any], args: Any) -> None:
+    print(f"\nKEDA HTTP add-on interceptor, same model, {args.clients} HTTP clients held, Triton started late "
+          "(its endpoint marked ready within 20 ms of Triton's readiness)")
+    print(f"{'round':>5} {'ready':>7} {'first':>7} {'p50':>7} {'p99':>7} {'answered':>9}")
+    for k, r in enumerate(kd["cold"]):
+        print(f"{k:>5} {r['ready_s']:7.2f} {r['first_s'] or float('nan'):7.2f} {r['p50_s'] or float('nan'):7.2f} "
+              f"{r['p99_s'] or float('nan'):7.2f} {r['answered']:>4}/{r['clients']}")
+    ours = [r["http_p50_s"] - r["ready_s"] for r in rounds if r["http_p50_s"] is not None]
+    theirs = [r["p50_s"] - r["ready_s"] for r in kd["cold"] if r["p50_s"] is not None]
+    if ours and theirs:
+        print(f"HTTP p50 cold response after Ready, median over rounds: activator {statistics.median(ours):.3f}s, "
+              f"KEDA interceptor {statistics.median(theirs):.3f}s")
+    d, a, k = st["direct"], st["activator"], kd["steady"]
+    print(f"steady, HTTP, concurrency {args.concurrency}: direct (our design once a pod is Ready) "
+          f"p50 {d['p50_ms']:.2f} ms, {d['throughput']:.0f} req/s; through the KEDA interceptor (always, by "
+          f"design) p50 {k['p50_ms']:.2f} ms p99 {k['p99_ms']:.2f} ms, {k['throughput']:.0f} req/s "
+          f"({k['throughput'] / d['throughput']:.2f}x throughput, +{k['p50_ms'] - d['p50_ms']:.2f} ms p50); "
+          f"through our activator's open gate p50 {a['p50_ms']:.2f} ms")
 
 
 if __name__ == "__main__":

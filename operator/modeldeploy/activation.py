@@ -109,6 +109,20 @@ class ActivatorLink:
             return {}
         return {(r.namespace, r.name): r for r in table.routes}
 
+    def has_route(self, namespace: str, name: str) -> bool:
+        """Whether the routes document holds this model (read from the ConfigMap on first use)."""
+        with self._lock:
+            routes = self._routes
+        if routes is None:
+            with self._write_lock:
+                with self._lock:
+                    routes = self._routes
+                if routes is None:
+                    routes = self._load_routes()
+                    with self._lock:
+                        self._routes = routes
+        return (namespace, name) in routes
+
     def published(self, route: Route) -> bool:
         with self._lock:
             return self._routes is not None and self._routes.get((route.namespace, route.name)) == route

@@ -285,7 +285,8 @@ class Reconciler:
         observed = observe.summarise(deployments, pods, now)
         desired_replicas = self.desired_replicas(spec, previous)
         stable = previous.get("stableRevision")
-        target = self._service_target(spec, desired_replicas, observed)
+        holds = self._holds(md, spec)
+        target = self._service_target(holds, desired_replicas, observed)
         build = (self.builder.observe(md, spec, current, previous, self.images(), now, pods=pods,
                                       models=self.known_models, fenced=lambda: self._build_fenced(reader, md))
                  if self.builder.enabled else None)
@@ -321,7 +322,7 @@ class Reconciler:
             now=timefmt.rfc3339_at(now), canary=cplan.state, canary_weight=weight,
             conflicts=tuple(conflicts.values()), notes=tuple(n for n in (route_note, zero_note) if n),
             build=build, model_version=spec.model.version, tune=spec.model.optimization.tune is not None,
-            zero=self._zero_state(spec, desired_replicas, target, previous)))
+            zero=self._zero_state(spec, holds, desired_replicas, target, previous)))
         told = set(previous.get("warnings") or ())
         desired_status["canary"] = canary.to_status(cplan.state, cplan.decision) if cplan.state else None
         result.phase = desired_status["phase"]
@@ -335,7 +336,7 @@ class Reconciler:
                                                                     observed):
             self._confirm_current(md)  # Conflict: the cache was behind; nothing written, retried fresh
 
-        self._publish_route(md, spec, reader, target, starting_pods(pods, plan.stable or current)
+        self._publish_route(md, spec, reader, holds, target, starting_pods(pods, plan.stable or current)
                             if target == zero.TARGET_ACTIVATOR else ())
         for obj in children:
             k = ownership.key(obj)
@@ -430,27 +431,40 @@ class Reconciler:
         return spec.replicas
 
     # --- scale to zero: the Service's target, the activator's route, the EndpointSlices ----------
-    def _service_target(self, spec: api.ModelDeploymentSpec, desired: int,
-                        observed: Mapping[str, observe.RevisionState]) -> str:
-        if self.link is None or not spec.autoscaling.scales_to_zero:
+    def _holds(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec) -> bool:
+        """Whether the activator stands in for this model while it has no Ready pod (zero.holds_at_zero)."""
+        if self.link is None:
+            return False
+        meta = md["metadata"]
+        auto = spec.autoscaling
+        routed = not auto.enabled and spec.replicas > 0 and self.link.has_route(meta["namespace"], meta["name"])
+        return zero.holds_at_zero(auto, spec.replicas, routed)
+
+    def _service_target(self, holds: bool, desired: int, observed: Mapping[str, observe.RevisionState]) -> str:
+        if self.link is None or not holds:
             return zero.TARGET_PODS
         ready = sum(s.ready for s in observed.values())
-        return zero.service_target(spec.autoscaling, desired, ready, len(self.link.addresses()))
+        return zero.service_target(holds, desired, ready, len(self.link.addresses()))
 
-    def _zero_state(self, spec: api.ModelDeploymentSpec, desired: int, target: str,
+    def _zero_state(self, spec: api.ModelDeploymentSpec, holds: bool, desired: int, target: str,
                     previous: Mapping[str, Any]) -> str:
-        """"" (not at zero), "idle" (0 pods: the activator answers) or "activating" (pods asked for,
-        none Ready yet: the activator holds the requests); the why comes from status.autoscaling."""
-        if self.link is None or not spec.autoscaling.scales_to_zero:
+        """"" (not at zero), "idle: why" (0 pods: the activator answers and wakes the model), "held:
+        why" (0 pods by spec.replicas, owned outside the operator: the activator holds requests until
+        it is raised) or "activating" (pods asked for, none Ready yet: the activator holds the
+        requests); the why of "idle" comes from status.autoscaling."""
+        if not holds:
             return ""
-        if desired == 0:
+        if desired == 0 and spec.autoscaling.scales_to_zero:
             why = (previous.get("autoscaling") or {}).get("reason") or "no requests"
             return f"idle: {why}"
+        if desired == 0:
+            return ("held: spec.replicas is 0 (kubectl scale, an HPA or KEDA)" if target == zero.TARGET_ACTIVATOR
+                    else "")
         return "activating" if target == zero.TARGET_ACTIVATOR else ""
 
-    def _publish_route(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, reader: Reader,
+    def _publish_route(self, md: Mapping[str, Any], spec: api.ModelDeploymentSpec, reader: Reader, holds: bool,
                        target: str, pods: tuple[str, ...] = ()) -> None:
-        """Every model that may go to zero has its route in the activator's table, with the ClusterIPs
+        """Every model the activator may stand in for has its route in the activator's table, with the ClusterIPs
         of its Services (read back from the cache: they exist once created) and, while the Service
         points at the activator, the addresses of its starting pods (the activator probes and
         forwards to them directly: no wait for kube-proxy once one is Ready). Raises when the route
@@ -459,14 +473,14 @@ class Reconciler:
             return
         meta = md["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        if not spec.autoscaling.scales_to_zero:
+        if not holds:
             self.link.withdraw(ns, name)
             return
         main = reader.get_or_none("Service", ns, name) or {}
         stable = reader.get_or_none("Service", ns, labels.stable_service_name(name)) or {}
         ips = (main.get("spec") or {}).get("clusterIPs") or []
         route = activator_res.route_for(name, ns, spec.model.name, ips, (stable.get("spec") or {}).get("clusterIP"),
-                                        pods)
+                                        pods, serving=target == zero.TARGET_PODS)
 
         def known() -> set[tuple[str, str]]:
             return {(m["metadata"]["namespace"], m["metadata"]["name"]) for m in self.known_models()}
@@ -493,7 +507,14 @@ class Reconciler:
         at_zero = target == zero.TARGET_ACTIVATOR
         if not at_zero and not activator_res.controller_slice_ready(slices, name):
             return
-        for slice_name in activator_res.slices_to_delete(slices, name, at_zero):
+        doomed = activator_res.slices_to_delete(slices, name, at_zero)
+        if at_zero and doomed:
+            # The Endpoints `<name>` the endpoints controller left when the selector went: while it
+            # exists the mirroring controller copies its (soon dead) pod addresses into a new slice
+            # each time we delete one, and kube-proxy sends clients there (kubernetes#91072).
+            with contextlib.suppress(NotFound):
+                self.kube.delete("Endpoints", ns, name)
+        for slice_name in doomed:
             with contextlib.suppress(NotFound):
                 self.kube.delete("EndpointSlice", ns, slice_name)
             if self.cache is not None:

@@ -7,6 +7,8 @@ up, and the first-response latency is compared with how long its pod took from c
 Ready. With pods up, requests never pass through the activator (its own counters). Then the
 model idles out again, and while clients wait for it the leading operator replica and one
 activator replica are killed: the model still comes up, and what the clients saw is reported.
+Last, more clients than the activators may hold arrive at zero: those over the cap get 429 with
+Retry-After at once, the others are answered; none hangs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import json
 import statistics
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +36,10 @@ pytestmark = pytest.mark.e2e
 NS = "zero-e2e"
 NAME = "idle"
 ACTIVATOR = "modeldeploy-activator"
-CHART_VALUES = ("activator.enabled=true",)  # the stack fixture installs the chart with these
+MAX_HELD = 80  # per activator replica: the 100 cold clients split over two never reach it
+CHART_VALUES = ("activator.enabled=true", f"activator.maxHeldPerModel={MAX_HELD}")  # the stack fixture's
 CLIENTS = 100
+OVER_CAP_CLIENTS = 300  # ~150 per activator replica, well over MAX_HELD
 IDLE_AFTER = "30s"
 
 
@@ -137,6 +143,32 @@ def _burst(ip: str, x: np.ndarray, retries: int = 0) -> tuple[list[Outcome], lis
     return outs, threads
 
 
+@dataclass
+class HttpOutcome:
+    status: int = 0  # 0: no HTTP answer at all (a hang or a dropped connection)
+    retry_after: str | None = None
+    took: float = 0.0
+    error: str = ""  # what failed when there was no HTTP answer
+
+
+def _raw_http(url: str, x: np.ndarray, out: HttpOutcome) -> None:
+    """One KServe v2 HTTP inference with the standard library, to see the status and headers of a refusal."""
+    body = json.dumps({"inputs": [{"name": "input_0", "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.ravel().tolist()}]}).encode()
+    req = urllib.request.Request(f"http://{url}/v2/models/digits/infer", data=body,
+                                 headers={"Content-Type": "application/json"})
+    began = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=150) as r:
+            json.loads(r.read())
+            out.status = r.status
+    except urllib.error.HTTPError as e:
+        out.status, out.retry_after = e.code, e.headers.get("Retry-After")
+    except OSError as e:
+        out.status, out.error = 0, f"{type(e).__name__}: {e}"[:200]
+    out.took = time.monotonic() - began
+
+
 class PodTimes:
     """When this namespace's serving pod was first seen and when it turned Ready (a watch in this
     process: millisecond resolution, where the API's timestamps have one second)."""
@@ -220,6 +252,9 @@ def test_idle_model_goes_to_zero_and_a_hundred_cold_clients_are_all_answered(
     events = [e["reason"] for e in tc.kubectl_json("get", "events", "-n", NS)["items"]
               if e["involvedObject"].get("name") == NAME]
     assert "ScaledToZero" in events
+    # The scale subresource (what kubectl scale, an HPA or KEDA read) says 0 pods and still selects them.
+    scale = tc.kubectl_json("get", "modeldeployment", NAME, "-n", NS, "--subresource=scale")
+    assert scale["status"]["replicas"] == 0 and scale["status"]["selector"] == f"modeldeploy.io/name={NAME}", scale
 
     # 100 concurrent clients at zero: held, the pod comes, every one answered, none lost.
     counted = _activator_counters(tc)
@@ -287,4 +322,54 @@ def test_idle_model_goes_to_zero_and_a_hundred_cold_clients_are_all_answered(
     assert all(o.answer is not None for o in outs), [(o.first_error, o.tries) for o in outs if o.answer is None]
     assert [o.answer for o in outs] == expected[:20]
     wait_for(lambda: _md(tc)["status"].get("phase") == "Ready", 60, interval=1, message="Ready after the kills")
+    tc.kubectl("rollout", "status", f"deployment/{ACTIVATOR}", "-n", op.SYSTEM_NAMESPACE, "--timeout=120s")
+
+    # Over the cap: more cold clients than two activators may hold. The excess is refused at once with
+    # 429 and Retry-After, every held one is answered, and none hangs.
+    wait_for(lambda: _at_zero(tc), 150, interval=1, message="at zero a third time")
+    rejected_before = _activator_counters(tc).get("modeldeploy_activator_rejected_model_total", 0)
+    results = [HttpOutcome() for _ in range(OVER_CAP_CLIENTS)]
+    threads = [threading.Thread(target=_raw_http, daemon=True, args=(f"{ip}:8000", x[i % CLIENTS:i % CLIENTS + 1], r))
+               for i, r in enumerate(results)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(200)
+    by_status: dict[int, int] = {}
+    for r in results:
+        by_status[r.status] = by_status.get(r.status, 0) + 1
+    refused = [r for r in results if r.status == 429]
+    print("over the cap:", json.dumps({"clients": OVER_CAP_CLIENTS, "per_activator_cap": MAX_HELD,
+                                       "by_status": by_status,
+                                       "refused_within_s": round(max((r.took for r in refused), default=0), 3)}))
+    assert set(by_status) <= {200, 429}, by_status  # no hang, no dropped connection, no other error
+    assert by_status.get(200, 0) >= MAX_HELD and refused, by_status
+    assert all(r.retry_after and int(r.retry_after) > 0 for r in refused)
+    answered = statistics.median(r.took for r in results if r.status == 200)
+    assert max(r.took for r in refused) < 0.5 * answered, (by_status, answered)  # at once, not after holding
+    assert _activator_counters(tc).get("modeldeploy_activator_rejected_model_total", 0) - rejected_before \
+        >= len(refused)
+
+    # Scaled from outside (what KEDA or an HPA do through the scale subresource, with the operator's
+    # autoscaler off): at spec.replicas 0 the activator holds the requests, no pod is started for
+    # them, and raising spec.replicas answers every one.
+    tc.kubectl("patch", "modeldeployment", NAME, "-n", NS, "--type=merge", "-p",
+               json.dumps({"spec": {"autoscaling": {"enabled": False}, "replicas": 1}}))
+    wait_for(lambda: _md(tc)["status"].get("phase") == "Ready", 120, interval=1, message="one pod, scaled from outside")
+    tc.kubectl("scale", "modeldeployment", NAME, "-n", NS, "--replicas=0")
+    wait_for(lambda: _at_zero(tc), 120, interval=1, message="at zero by kubectl scale")
+    ready = next(c for c in _md(tc)["status"]["conditions"] if c["type"] == "Ready")
+    assert "spec.replicas is 0" in ready["message"], ready
+    wait_for(lambda: not _our_slice_gone(tc), 30, interval=0.5, message="the Service on the activator")
+    outs, threads = _burst(ip, x[:10])
+    time.sleep(3)
+    assert all(o.answer is None and not o.first_error for o in outs)  # held, not refused
+    assert not tc.kubectl_json("get", "pods", "-n", NS, "-l", f"modeldeploy.io/name={NAME}")["items"]
+    tc.kubectl("scale", "modeldeployment", NAME, "-n", NS, "--replicas=1")
+    for t in threads:
+        t.join(200)
+    assert [o.answer for o in outs] == expected[:10], [o.first_error for o in outs]
+    assert all(not o.first_error for o in outs)
+    print("held at spec.replicas 0, answered once raised: "
+          f"p50 {statistics.median(o.took for o in outs):.2f}s (3 s of it before kubectl scale)")
     tc.kubectl("delete", "modeldeployment", NAME, "-n", NS, "--wait=false")

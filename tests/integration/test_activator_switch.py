@@ -10,11 +10,12 @@ selector returns, the controller's slice appears, ours is gone.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
 
-from modeldeploy.kube.client import Kube
+from modeldeploy.kube.client import Kube, NotFound
 from modeldeploy.resources import activator as ra
 from modeldeploy.resources import build_services
 from tests.support.cluster import ClusterHandle, wait_for
@@ -63,3 +64,55 @@ def test_service_switches_to_the_activator_and_back(cluster: ClusterHandle, name
     wait_for(lambda: (names := set(_slices(cluster, namespace))) and "digits-activator" not in names, 20,
              message="the controller's slice again, ours gone")
     assert kube.get("Service", namespace, "digits")["spec"]["selector"] == serving["spec"]["selector"]
+
+
+def test_the_mirrored_slice_of_a_selectorless_service_goes_with_its_endpoints(cluster: ClusterHandle,
+                                                                                namespace: str) -> None:
+    """kubernetes#91072, what the operator's pass at zero works around: once the selector is gone, the
+    endpoints controller leaves the Service's Endpoints as they were and the EndpointSlice mirroring
+    controller copies them (the pods about to go) into a slice of its own, which kube-proxy uses
+    beside ours and which comes back when deleted alone. Deleting the Endpoints removes it for good."""
+    kube = Kube(cluster.api_client())
+    owner = kube.create({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "owner", "namespace": namespace}})
+    uid = owner["metadata"]["uid"]
+    serving = build_services("digits", namespace, uid, "abc123")[0]
+    serving["metadata"]["ownerReferences"][0].update({"apiVersion": "v1", "kind": "ConfigMap", "name": "owner"})
+    kube.apply(serving)
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "digits-pod", "namespace": namespace, "labels": serving["spec"]["selector"]},
+           "spec": {"containers": [{"name": "triton", "image": "triton",
+                                    "ports": [{"containerPort": 8000, "name": "http"}]}]}}
+    kube.create(pod)  # a kwok node runs it: Ready, with an address
+
+    def pod_ips() -> set[str]:
+        return {a for s in _slices(cluster, namespace).values() for e in s.get("endpoints") or []
+                for a in e["addresses"]}
+    ip = wait_for(lambda: pod_ips(), 60, message="the pod in the controller's slice")
+    wait_for(lambda: cluster.kubectl("get", "endpoints", "digits", "-n", namespace, check=False).returncode == 0,
+             30, message="the endpoints controller's Endpoints")
+
+    at_zero = ra.build_activator_service("digits", namespace, uid)
+    at_zero["metadata"]["ownerReferences"] = serving["metadata"]["ownerReferences"]
+    kube.apply(at_zero)
+    for s in ra.build_activator_endpointslices("digits", namespace, uid, ["10.244.1.7"]):
+        s["metadata"]["ownerReferences"] = serving["metadata"]["ownerReferences"]
+        kube.apply(s)
+
+    def others() -> dict[str, str]:
+        return {n: s["metadata"]["labels"].get(ra.LABEL_SLICE_MANAGED_BY, "")
+                for n, s in _slices(cluster, namespace).items() if n != "digits-activator"}
+    for name in ra.slices_to_delete(_slices(cluster, namespace).values(), "digits", at_zero=True):
+        kube.delete("EndpointSlice", namespace, name)
+    # Deleting slices alone: the mirroring controller writes one again, with the pod's address.
+    mirrored = wait_for(lambda: {n: m for n, m in others().items() if "mirroring" in m}, 20,
+                        message="the mirroring controller's slice")
+    assert {a for n in mirrored for e in _slices(cluster, namespace)[n]["endpoints"] for a in e["addresses"]} == ip
+    # What the operator does: the Endpoints go, then the slices; nothing comes back.
+    kube.delete("Endpoints", namespace, "digits")
+    for name in ra.slices_to_delete(_slices(cluster, namespace).values(), "digits", at_zero=True):
+        with contextlib.suppress(NotFound):
+            kube.delete("EndpointSlice", namespace, name)
+    time.sleep(5)
+    assert others() == {}
+    assert set(_slices(cluster, namespace)) == {"digits-activator"}

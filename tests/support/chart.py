@@ -41,6 +41,14 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def operator_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's Deployment among the rendered objects (the activator has one too)."""
+    (dep,) = [d for d in by_kind(docs, "Deployment")
+              if d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") != "activator"
+              and not d["metadata"]["name"].endswith("-activator")]
+    return dep
+
+
 def dashboard() -> dict[str, Any]:
     """The Grafana dashboard JSON as shipped in the chart."""
     return json.loads(DASHBOARD.read_text())

@@ -19,8 +19,9 @@ def _docs(*sets: str) -> dict[str, dict[str, Any]]:
             if d["metadata"]["name"] == NAME}
 
 
-def test_off_by_default() -> None:
-    assert not [d for d in chart.render() if d["metadata"]["name"] == NAME]
+def test_on_by_default_and_off_when_disabled() -> None:
+    assert {d["kind"] for d in chart.render() if d["metadata"]["name"] == NAME} >= {"Deployment", "Service"}
+    assert not [d for d in chart.render("activator.enabled=false") if d["metadata"]["name"] == NAME]
 
 
 def test_two_replicas_a_pdb_and_pods_meeting_restricted_pod_security() -> None:

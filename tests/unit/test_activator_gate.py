@@ -194,3 +194,61 @@ def test_a_starting_pod_is_probed_and_forwarded_to_directly_as_soon_as_it_is_rea
         await demand.aclose()
 
     run(main())
+
+
+def test_a_model_going_to_zero_again_closes_its_gate_before_any_request_goes_to_its_last_pod() -> None:
+    """Found on the real node: after a first cold start the gate stayed open on the pod it found;
+    when the model went to zero again, requests were forwarded there (a dead address, 3 s of ARP
+    each) instead of being held. The operator's route says `serving` while the Service points at
+    the pods; its turning false closes the gate."""
+    async def main() -> None:
+        ready: set[str] = set()
+
+        async def probe(route: Route) -> bool:
+            return route.http in ready
+
+        metrics, sink = ActivatorMetrics(), Sink()
+        demand = ThrottledDemand(sink, metrics, renew_s=60)
+        gates = Gates(HoldSettings(probe_interval_s=0.01), metrics, probe, demand)
+        starting = Route("ml", "digits", "digits", "10.96.0.7:8000", "10.96.0.7:8001", pods=("10.244.0.12",))
+        gate = gates.gate(starting)
+        ready.add("10.244.0.12:8000")
+        await gate.wait(time.monotonic() + 5)
+        assert gate.is_open and gate.target.http == "10.244.0.12:8000"
+        serving = Route("ml", "digits", "digits", "10.96.0.7:8000", "10.96.0.7:8001", serving=True)
+        gates.refresh({serving.key: serving})  # the Service went back to the pods
+        assert gate.is_open and gate.target.http == "10.96.0.7:8000"  # through the Service, no pod address
+        ready.clear()  # the pod goes with the model going to zero
+        at_zero = Route("ml", "digits", "digits", "10.96.0.7:8000", "10.96.0.7:8001")
+        gates.refresh({at_zero.key: at_zero})
+        assert not gate.is_open  # the next request is held, not sent to where the pod was
+        held = asyncio.create_task(gate.wait(time.monotonic() + 5))
+        await asyncio.sleep(0.05)
+        assert not held.done() and len(sink.calls) == 2  # held, and demand written again
+        ready.add("10.96.0.7:8000")
+        await held
+        await gates.aclose()
+        await demand.aclose()
+
+    run(main())
+
+
+def test_a_pod_that_does_not_answer_does_not_slow_the_probe_of_one_that_does() -> None:
+    async def main() -> None:
+        async def probe(route: Route) -> bool:
+            if route.http.startswith("10.244.0.1:"):
+                await asyncio.sleep(3)  # a dead address: connect waits on ARP
+                return False
+            return route.http.startswith("10.244.0.2:")
+
+        metrics, sink = ActivatorMetrics(), Sink()
+        demand = ThrottledDemand(sink, metrics, renew_s=60)
+        gates = Gates(HoldSettings(probe_interval_s=0.01), metrics, probe, demand)
+        gate = gates.gate(Route("ml", "digits", "digits", "10.96.0.7:8000", "10.96.0.7:8001",
+                                pods=("10.244.0.1", "10.244.0.2")))
+        held = await gate.wait(time.monotonic() + 5)
+        assert held < 1 and gate.target.http == "10.244.0.2:8000"
+        await gates.aclose()
+        await demand.aclose()
+
+    run(main())

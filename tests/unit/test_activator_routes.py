@@ -132,3 +132,12 @@ def test_starting_pods_round_trip_and_bad_addresses_are_named() -> None:
 
     with pytest.raises(RoutesError, match=r"models\[0\]\.pods"):
         parse_routes('{"models": [{"namespace": "ml", "name": "d", "http": "a:1", "grpc": "a:2", "pods": ["x"]}]}')
+
+
+def test_serving_round_trips_and_is_not_a_new_backend() -> None:
+    serving = Route("ml", "digits", "digits", "10.96.0.7:8000", "10.96.0.7:8001", ("10.96.0.5",), serving=True)
+    (back,) = parse_routes(dump_routes([serving])).routes
+    assert back == serving
+    assert serving.same_backends(Route("ml", "digits", "digits", "10.96.0.7:8000", "10.96.0.7:8001", ("10.96.0.5",)))
+    with pytest.raises(RoutesError, match=r"models\[0\]\.serving"):
+        parse_routes('{"models": [{"namespace": "ml", "name": "d", "http": "a:1", "grpc": "a:2", "serving": "yes"}]}')

@@ -311,7 +311,7 @@ def test_settings_refuse_a_store_the_pods_cannot_use(env: dict[str, str]) -> Non
 @pytest.mark.skipif(chart.helm() is None, reason="helm is not cached (make binaries)")
 def test_the_chart_takes_a_pvc_store_and_keeps_the_node_cache_agent_to_s3_stores() -> None:
     def operator_env(*sets: str) -> dict[str, str]:
-        (dep,) = chart.by_kind(chart.render(*sets), "Deployment")
+        dep = chart.operator_deployment(chart.render(*sets))
         return {e["name"]: e.get("value", "") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
 
     agent = ("artifactCache.enabled=true", "artifactCache.store=s3://artifacts")

@@ -43,7 +43,7 @@ def _build(settings: NetworkPolicySettings = SETTINGS) -> tuple[dict[str, Any], 
 
 
 def _chart_env(*sets: str) -> dict[str, str]:
-    (dep,) = [d for d in chart.by_kind(chart.render(*sets), "Deployment")]
+    dep = chart.operator_deployment(chart.render(*sets))
     return {e["name"]: e.get("value", "") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 

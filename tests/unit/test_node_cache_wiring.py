@@ -166,7 +166,7 @@ def test_a_bad_agent_setting_is_refused_with_the_variable_named(agent: dict[str,
 
 
 def _operator_env(*sets: str) -> dict[str, str]:
-    (dep,) = chart.by_kind(chart.render(*sets), "Deployment")
+    dep = chart.operator_deployment(chart.render(*sets))
     return {e["name"]: e.get("value", "") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
@@ -182,7 +182,7 @@ def test_chart_is_off_by_default() -> None:
 @needs_helm
 def test_chart_points_the_operator_at_its_agent() -> None:
     docs = chart.render(*CHART_ON)
-    (dep,) = chart.by_kind(docs, "Deployment")
+    dep = chart.operator_deployment(docs)
     env = {e["name"]: e.get("value", "") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MD_ARTIFACT_CACHE_URL"] == URL
     (svc,) = [s for s in chart.by_kind(docs, "Service") if s["metadata"]["name"] == "md-modeldeploy-cache-agent"]
@@ -200,7 +200,7 @@ def test_chart_fixed_cluster_ip_for_clusters_without_dns() -> None:
     docs = chart.render(*CHART_ON, "artifactCache.clusterIP=10.96.0.90", "artifactCache.port=9100")
     (svc,) = [s for s in chart.by_kind(docs, "Service") if s["metadata"]["name"] == "md-modeldeploy-cache-agent"]
     assert svc["spec"]["clusterIP"] == "10.96.0.90"
-    (dep,) = chart.by_kind(docs, "Deployment")
+    dep = chart.operator_deployment(docs)
     env = {e["name"]: e.get("value", "") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MD_ARTIFACT_CACHE_URL"] == "http://10.96.0.90:9100"
     assert parse(env[ENV]).cache_agent == CacheAgentEgress(svc["spec"]["selector"], 9100)

@@ -103,7 +103,21 @@ def test_recheck_in_says_when_the_window_ends() -> None:
 ])
 def test_service_target(scales: bool, replicas: int, ready: int, activators: int, target: str) -> None:
     spec = auto() if scales else api.parse_spec(MINIMAL, name="digits").autoscaling
-    assert zero.service_target(spec, replicas, ready, activators) == target
+    assert zero.service_target(zero.holds_at_zero(spec, 1, routed=False), replicas, ready, activators) == target
+
+
+@pytest.mark.parametrize(("enabled", "min_replicas", "spec_replicas", "routed", "holds"), [
+    (True, 0, 1, False, True),  # scales to zero itself
+    (True, 1, 0, True, False),  # the operator autoscales with a floor of one: spec.replicas is ignored
+    (False, 1, 0, False, True),  # kubectl scale / HPA / KEDA took spec.replicas to 0
+    (False, 1, 2, True, True),  # raised again after zero: the route stays for the held requests
+    (False, 1, 2, False, False),  # never at zero: the activator has nothing to do with it
+])
+def test_holds_at_zero(enabled: bool, min_replicas: int, spec_replicas: int, routed: bool, holds: bool) -> None:
+    extra = {"scaleToZeroAfter": "30s"} if min_replicas == 0 else {}
+    spec = api.parse_spec({**MINIMAL, "autoscaling": {"enabled": enabled, "minReplicas": min_replicas,
+                                                      "maxReplicas": 3, **extra}}, name="digits").autoscaling
+    assert zero.holds_at_zero(spec, spec_replicas, routed) is holds
 
 
 @pytest.mark.parametrize(("previous", "before", "after", "expected"), [

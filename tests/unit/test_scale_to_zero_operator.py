@@ -62,6 +62,9 @@ class FakeLink:
     def withdraw(self, namespace: str, name: str) -> bool:
         return self.routes.pop((namespace, name), None) is not None
 
+    def has_route(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self.routes
+
 
 class OrderedKube(MemoryKube):
     """Records the order of child writes (what a client would see switch first)."""
@@ -138,6 +141,7 @@ def test_a_model_at_zero_points_its_service_at_the_activator_before_its_pods_go(
     rec.reconcile(NS, "digits")  # a Ready pod: the Service selects the pods again
     assert kube.get_or_none("Service", NS, "digits")["spec"]["selector"]  # type: ignore[index]
     assert _md(kube)["status"]["phase"] == "Ready"
+    assert link.routes[(NS, "digits")].serving  # the activator learns its Service is on the pods
     assert [s["metadata"]["name"] for s in kube.of("EndpointSlice")] == ["digits-activator"]  # until ...
     kube.objects[("EndpointSlice", NS, "digits-x1")] = _controller_slice(ready=True)
     rec.reconcile(NS, "digits")  # ... the controller's slice lists the Ready pod: ours goes
@@ -156,6 +160,7 @@ def test_a_model_at_zero_points_its_service_at_the_activator_before_its_pods_go(
     assert [e["addresses"] for e in slice_["endpoints"]] == [["10.244.9.7"]]
     (dep,) = kube.of("Deployment")
     assert dep["spec"]["replicas"] == 0
+    assert not link.routes[(NS, "digits")].serving  # its gate closes: nothing forwarded to the pod that goes
     # the route is there, then the Service and its slice switch, and only then the pods go
     assert link.order.index("route") < link.order.index("Service digits") \
         < link.order.index("EndpointSlice digits-activator") < link.order.index(f"Deployment {dep['metadata']['name']}")
@@ -171,6 +176,25 @@ def test_a_model_at_zero_points_its_service_at_the_activator_before_its_pods_go(
     assert md["status"]["readyText"] == "0/0" and md["status"]["phase"] == "ScaledToZero"
     # the `-stable` Service keeps its selector: the activator forwards through it
     assert kube.get_or_none("Service", NS, "digits-stable")["spec"]["selector"]  # type: ignore[index]
+
+
+def test_at_zero_the_endpoints_left_by_the_controller_go_with_their_mirrored_slice() -> None:
+    """kubernetes#91072: once the selector is gone the endpoints controller leaves `<name>`'s
+    Endpoints as they were, and the mirroring controller copies them (pods about to die) into a
+    slice kube-proxy uses beside ours; deleting only the slice, it comes back."""
+    kube, rec, _link = _world({"autoscaling": {"desiredReplicas": 0}})
+    kube.objects[("Endpoints", NS, "digits")] = {"kind": "Endpoints", "metadata": {"name": "digits", "namespace": NS},
+                                                 "subsets": [{"addresses": [{"ip": "10.244.0.9"}]}]}
+    mirrored = _controller_slice(ready=True)
+    mirrored["metadata"]["name"] = "digits-m1"
+    mirrored["metadata"]["labels"][ra.LABEL_SLICE_MANAGED_BY] = "endpointslicemirroring-controller.k8s.io"
+    kube.objects[("EndpointSlice", NS, "digits-m1")] = mirrored
+    rec.reconcile(NS, "digits")
+    assert [s["metadata"]["name"] for s in kube.of("EndpointSlice")] == ["digits-activator"]
+    assert kube.get_or_none("Endpoints", NS, "digits") is None
+    kube.objects[("Endpoints", NS, "other")] = {"kind": "Endpoints", "metadata": {"name": "other", "namespace": NS}}
+    rec.reconcile(NS, "digits")
+    assert kube.get_or_none("Endpoints", NS, "other") is not None  # only its own Service's
 
 
 def test_no_activator_replica_ready_keeps_the_service_on_the_pods() -> None:
@@ -228,6 +252,58 @@ def test_a_model_that_stops_scaling_to_zero_loses_its_route() -> None:
     kube.objects[(c.KIND, NS, "digits")]["spec"] = md["spec"]
     rec.reconcile(NS, "digits")
     assert (NS, "digits") not in link.routes
+
+
+def _set_spec_replicas(kube: MemoryKube, n: int) -> None:
+    """What kubectl scale, an HPA or KEDA do through the scale subresource."""
+    kube.objects[(c.KIND, NS, "digits")]["spec"]["replicas"] = n
+
+
+def test_replicas_scaled_to_zero_from_outside_hold_requests_in_the_activator_until_raised() -> None:
+    external = apply_patch(BASE_SPEC, {"replicas": 1, "autoscaling": {"enabled": False}})  # spec.replicas owned outside
+    kube, rec, link = _world(spec=external)
+    rec.reconcile(NS, "digits")
+    (dep,) = kube.of("Deployment")
+    _pod_ready(kube, dep)
+    rec.reconcile(NS, "digits")
+    assert (NS, "digits") not in link.routes  # never at zero yet: nothing for the activator
+    assert kube.get_or_none("Service", NS, "digits")["spec"]["selector"]  # type: ignore[index]
+
+    _set_spec_replicas(kube, 0)  # KEDA took it to zero
+    link.order.clear()
+    rec.reconcile(NS, "digits")
+    (dep,) = kube.of("Deployment")
+    assert dep["spec"]["replicas"] == 0
+    assert "selector" not in kube.get_or_none("Service", NS, "digits")["spec"]  # type: ignore[index]
+    assert link.order.index("route") < link.order.index("Service digits") \
+        < link.order.index(f"Deployment {dep['metadata']['name']}")
+    md = _md(kube)
+    ready = next(x for x in md["status"]["conditions"] if x["type"] == "Ready")
+    assert md["status"]["phase"] == "ScaledToZero" and ready["reason"] == "ScaledToZero"
+    assert "spec.replicas is 0" in ready["message"] and "until spec.replicas is raised" in ready["message"]
+
+    _set_spec_replicas(kube, 1)  # KEDA saw the held requests (the activator's gauge) and raised it
+    for key in [k for k in kube.objects if k[0] == "Pod"]:
+        del kube.objects[key]
+    rec.reconcile(NS, "digits")
+    (dep,) = kube.of("Deployment")
+    assert dep["spec"]["replicas"] == 1
+    # no Ready pod yet: the Service stays on the activator, which keeps the route and holds the requests
+    assert "selector" not in kube.get_or_none("Service", NS, "digits")["spec"]  # type: ignore[index]
+    assert (NS, "digits") in link.routes and _ready_reason(_md(kube)) == "Activating"
+    _pod_ready(kube, dep)
+    rec.reconcile(NS, "digits")
+    assert kube.get_or_none("Service", NS, "digits")["spec"]["selector"]  # type: ignore[index]
+    assert _md(kube)["status"]["phase"] == "Ready"
+    assert (NS, "digits") in link.routes  # kept for the next time it goes to zero
+
+
+def test_a_model_the_operator_autoscales_with_a_floor_never_gets_a_route() -> None:
+    floor = apply_patch(BASE_SPEC, {"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 2},
+                                    "replicas": 0})  # spec.replicas is ignored while the operator autoscales
+    kube, rec, link = _world(spec=floor)
+    rec.reconcile(NS, "digits")
+    assert link.routes == {} and kube.get_or_none("Service", NS, "digits")["spec"]["selector"]  # type: ignore[index]
 
 
 def test_controller_slice_ready_waits_for_a_ready_pod() -> None:
@@ -382,13 +458,12 @@ def test_a_new_revision_at_zero_brings_a_pod_back_for_the_rollout(scaler_world: 
 @needs_helm
 def test_chart_wires_the_operator_to_the_activator_only_when_it_is_enabled() -> None:
     def operator_env(*sets: str) -> dict[str, str]:
-        (dep,) = [d for d in chart.by_kind(chart.render(*sets), "Deployment")
-                  if d["metadata"]["name"] == "md-modeldeploy"]
+        dep = chart.operator_deployment(chart.render(*sets))
         return {e["name"]: e.get("value", "") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
 
-    off = operator_env()
+    off = operator_env("activator.enabled=false")
     assert off["MD_ACTIVATOR_SERVICE"] == "" and "activator" not in json.loads(off[ENV])
-    on = operator_env("activator.enabled=true")
+    on = operator_env()  # on by default
     assert on["MD_ACTIVATOR_SERVICE"] == "md-modeldeploy-activator"
     assert on["MD_ACTIVATOR_NAMESPACE"] == "modeldeploy-system"
     policy = parse(on[ENV])
@@ -408,7 +483,8 @@ def test_chart_wires_the_operator_to_the_activator_only_when_it_is_enabled() -> 
         slices = [r for role in roles for r in role.get("rules", []) if "endpointslices" in r.get("resources", [])
                   and "delete" in r["verbs"]]
         assert len(slices) == 1, sets
-        no_slices = [r for role in chart.render(*sets) if role["kind"] in ("ClusterRole", "Role")
+        no_slices = [r for role in chart.render("activator.enabled=false", *sets)
+                     if role["kind"] in ("ClusterRole", "Role")
                      for r in role.get("rules", []) if "endpointslices" in r.get("resources", [])]
         assert no_slices == [], sets  # off: no right on EndpointSlices at all
     assert not any("secrets" in r.get("resources", []) for d in docs if d["kind"] in ("Role", "ClusterRole")

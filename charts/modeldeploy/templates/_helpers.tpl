@@ -66,6 +66,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   # scale to zero: the slice pointing a model's Service at the activator, and the controller's
   # slices of that Service (deleted at zero: frozen with the pods that went)
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["endpoints"]
+  # scale to zero: the Endpoints the endpoints controller left for a Service that lost its selector
+  # (the EndpointSlice mirroring controller would mirror its dead pod addresses; kubernetes#91072)
+  verbs: ["delete"]
 {{- end }}
 {{- end -}}
 

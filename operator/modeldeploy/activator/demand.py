@@ -50,6 +50,10 @@ class ThrottledDemand:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="demand")
 
+    def forget(self, route: Route) -> None:
+        """A new cold start of this model: its next want() is written at once, not at the renewal."""
+        self._last.pop((route.namespace, route.name), None)
+
     async def _run(self) -> None:
         while True:
             await self._wake.wait()

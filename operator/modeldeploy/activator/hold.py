@@ -57,6 +57,8 @@ class Demand(Protocol):
 
     def want(self, route: Route) -> None: ...
 
+    def forget(self, route: Route) -> None: ...
+
 
 @dataclass(frozen=True)
 class HoldSettings:
@@ -98,26 +100,48 @@ class Gate:
         """Where to forward: the pod the probe found ready (no wait for kube-proxy), else the Service."""
         return self._target or self.route
 
-    def close(self) -> None:
-        """The pods are gone (a forward could not connect): hold again from now on."""
+    def close(self, why: str = "no pod answers") -> None:
+        """The pods are gone (a forward could not connect, or the model went to zero): hold again
+        from now on."""
         if self._open.is_set():
-            log.info("%s: no pod answers: holding requests again", self.route.key)
+            log.info("%s: %s: holding requests again", self.route.key, why)
+            self._demand.forget(self.route)
         self._open.clear()
         self._target = None
+
+    def update(self, route: Route) -> None:
+        """The same model with new starting pods or a new `serving`: when the operator took its
+        Service off the pods (the model went to zero), the gate closes before any request is sent
+        to where its last pods were."""
+        if self.route.serving and not route.serving:
+            self.close("the model went to zero")
+        if route.serving:
+            self._target = None  # its Service has Ready pods: no pod address outlives them here
+        self.route = route
 
     async def _probe_once(self) -> Route | None:
         """Every starting pod the operator listed and the Service, at once: the first pod that
         answers ready (else the Service, when it does)."""
         candidates = [self.route.via_pod(a) for a in self.route.pods] + [self.route]
 
-        async def ask(candidate: Route) -> bool:
+        async def ask(candidate: Route) -> Route | None:
             try:
-                return await self._probe(candidate)
+                return candidate if await self._probe(candidate) else None
             except Exception as e:  # a probe must never end the loop: requests are waiting on it
                 log.debug("%s: probe of %s failed: %s", self.route.key, candidate.http, e)
-                return False
-        answers = await asyncio.gather(*(ask(c) for c in candidates))
-        return next((c for c, ok in zip(candidates, answers, strict=True) if ok), None)
+                return None
+        # The first that answers ready wins: an address that does not answer (a pod gone, its
+        # connect waiting on ARP) must not hold back one that does.
+        tasks = [asyncio.ensure_future(ask(c)) for c in candidates]
+        try:
+            for done in asyncio.as_completed(tasks):
+                found = await done
+                if found is not None:
+                    return found
+            return None
+        finally:
+            for t in tasks:
+                t.cancel()
 
     async def wait(self, deadline: float) -> float:
         """Return once the gate is open (seconds held), or raise OverCap / HoldTimeout."""
@@ -204,7 +228,7 @@ class Gates:
         if g is None or not g.route.same_backends(route):
             g = self._gates[route.key] = Gate(route, self.settings, self.metrics, self._probe, self._demand)
         else:
-            g.route = route  # only the starting pods changed: the requests it holds stay held
+            g.update(route)  # only the starting pods or `serving` changed: the requests it holds stay held
         return g
 
     def refresh(self, routes: Mapping[str, Route]) -> None:
@@ -212,7 +236,7 @@ class Gates:
         for key, g in self._gates.items():
             new = routes.get(key)
             if new is not None and g.route.same_backends(new):
-                g.route = new
+                g.update(new)
 
     def check_draining(self) -> None:
         if self.draining:

@@ -52,20 +52,24 @@ class Route:
     # directly, on the Service's ports, so a held request does not wait for kube-proxy to program
     # the Service after the pod turns Ready. The Service stays the fallback.
     pods: tuple[str, ...] = ()
+    # The model's Service points at its pods (not here): requests reach the activator only while
+    # kube-proxy catches up. Its turning false is the model going to zero (again): the gate closes,
+    # so no request is forwarded to where the last pods were.
+    serving: bool = False
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
     def same_backends(self, other: Route) -> bool:
-        """Equal but for `pods` (a gate lives on while pod addresses come and go)."""
-        return replace(self, pods=()) == replace(other, pods=())
+        """Equal but for `pods` and `serving` (a gate lives on while pods come and go)."""
+        return replace(self, pods=(), serving=False) == replace(other, pods=(), serving=False)
 
     def via_pod(self, address: str) -> Route:
         """This route with both backends on one pod's address (the Service's port numbers)."""
         host = f"[{address}]" if ":" in address else address
         return replace(self, http=f"{host}:{self.http.rsplit(':', 1)[1]}",
-                       grpc=f"{host}:{self.grpc.rsplit(':', 1)[1]}", pods=())
+                       grpc=f"{host}:{self.grpc.rsplit(':', 1)[1]}", pods=(), serving=False)
 
 
 @dataclass(frozen=True)
@@ -155,8 +159,11 @@ def parse_routes(text: str | bytes) -> RouteTable:
             pod_ips = tuple(_norm_ip(str(ip)) for ip in pods)
         except ValueError as e:
             raise RoutesError(f"{w}.pods: {e}") from None
+        serving = m.get("serving", False)
+        if not isinstance(serving, bool):
+            raise RoutesError(f"{w}.serving must be true or false")
         route = Route(ns, name, model, _check_backend(f"{w}.http", m.get("http")),
-                      _check_backend(f"{w}.grpc", m.get("grpc")), cluster_ips, pod_ips)
+                      _check_backend(f"{w}.grpc", m.get("grpc")), cluster_ips, pod_ips, serving)
         if route.key in seen:
             raise RoutesError(f"{w}: {route.key} is listed twice")
         seen.add(route.key)
@@ -168,7 +175,8 @@ def dump_routes(routes: Sequence[Route]) -> str:
     """The routes document for `routes` (what the operator writes; parse_routes reads it back)."""
     return json.dumps({"models": [
         {"namespace": r.namespace, "name": r.name, "model": r.model, "clusterIPs": list(r.cluster_ips),
-         "http": r.http, "grpc": r.grpc, **({"pods": list(r.pods)} if r.pods else {})}
+         "http": r.http, "grpc": r.grpc, **({"pods": list(r.pods)} if r.pods else {}),
+         **({"serving": True} if r.serving else {})}
         for r in sorted(routes, key=lambda r: r.key)]}, sort_keys=True)
 
 

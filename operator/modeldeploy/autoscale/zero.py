@@ -81,16 +81,33 @@ def decide(spec: AutoscalingSpec, f: ZeroFacts) -> ZeroDecision:
                         after - idle)
 
 
-def service_target(spec: AutoscalingSpec, replicas: int, ready: int, activator_ready: int) -> str:
+def holds_at_zero(spec: AutoscalingSpec, spec_replicas: int, routed: bool) -> bool:
+    """Whether the activator stands in for this model while it has no Ready pod.
+
+    Models that scale to zero themselves (autoscaling.minReplicas 0), and models whose replicas
+    are owned outside the operator (autoscaling disabled) once `spec.replicas` has been 0: kubectl
+    scale, an HPA or KEDA took them there through the scale subresource. `routed` says the
+    activator already has the model's route (it went to zero before): it keeps it, so when the
+    external scaler raises `spec.replicas` again, the requests held meanwhile are forwarded to the
+    first Ready pod and none is refused while it starts. A model the operator autoscales with a
+    floor of one pod never needs it."""
+    if spec.scales_to_zero:
+        return True
+    if spec.enabled:
+        return False
+    return spec_replicas <= 0 or routed
+
+
+def service_target(holds: bool, replicas: int, ready: int, activator_ready: int) -> str:
     """Where the model's Service points: its pods, or the activator while it has no Ready pod.
 
-    The activator is only used for models that scale to zero, and only while it has a Ready
+    The activator is only used for models it `holds` (holds_at_zero), and only while it has a Ready
     replica (otherwise the Service keeps pointing at the pods: no worse than before). It takes the
     traffic before the last pod goes (replicas 0 with pods still Ready), so no request reaches a
     pod being removed, and gives it back as soon as one pod is Ready (the activator forwards its
     held requests through the always-selecting `<name>-stable` Service meanwhile).
     """
-    if not spec.scales_to_zero or activator_ready <= 0:
+    if not holds or activator_ready <= 0:
         return TARGET_PODS
     if replicas <= 0 or ready <= 0:
         return TARGET_ACTIVATOR

@@ -51,6 +51,7 @@ KINDS: dict[str, Kind] = {
     "Lease": Kind("coordination.k8s.io/v1", "leases"),
     "ConfigMap": Kind("v1", "configmaps"),
     "EndpointSlice": Kind("discovery.k8s.io/v1", "endpointslices"),
+    "Endpoints": Kind("v1", "endpoints"),
     constants.KIND: Kind(constants.API_VERSION, constants.PLURAL),
     "CustomResourceDefinition": Kind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False),
 }

@@ -77,6 +77,7 @@ class StatusInput:
     model_version: str = ""  # spec.model.version: the current revision's entry before its Deployment exists
     tune: bool = False  # spec.model.optimization.tune is set: the Tuned condition (planning/tuning.py)
     # Scale to zero (autoscale/zero.py): "" not at zero; "idle: <why>" 0 pods, the activator answers;
+    # "held: <why>" 0 pods by spec.replicas (owned outside the operator), the activator holds;
     # "activating" pods asked for, none Ready, the activator holds the requests.
     zero: str = ""
 
@@ -159,10 +160,15 @@ def compute(inp: StatusInput) -> dict[str, Any]:
                             f"revision {inp.current}: waiting for the model to load", inp.generation)
 
     idle = inp.zero.startswith("idle") and r == 0
+    held = inp.zero.startswith("held") and r == 0
     if idle:
         ready_c = _condition(Condition.READY, False, Reason.SCALED_TO_ZERO,
                              f"scaled to zero ({inp.zero.removeprefix('idle: ')}); the activator answers "
                              f"the next request and brings a pod back", inp.generation)
+    elif held:
+        ready_c = _condition(Condition.READY, False, Reason.SCALED_TO_ZERO,
+                             f"scaled to zero ({inp.zero.removeprefix('held: ')}); the activator holds requests "
+                             f"until spec.replicas is raised", inp.generation)
     elif r == 0:
         ready_c = _condition(Condition.READY, False, Reason.SCALED_TO_ZERO, "replicas is 0", inp.generation)
     elif inp.zero == "activating" and ready == 0:
@@ -225,7 +231,7 @@ def compute(inp: StatusInput) -> dict[str, Any]:
         phase = Phase.FAILED
     elif rolling:
         phase = Phase.PROGRESSING
-    elif idle:
+    elif idle or held:
         phase = Phase.SCALED_TO_ZERO
     elif ready == 0:
         phase = Phase.PENDING if (r == 0 or unschedulable) else Phase.LOADING

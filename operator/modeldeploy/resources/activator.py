@@ -40,16 +40,17 @@ def endpointslice_name(md_name: str) -> str:
 
 
 def route_for(md_name: str, namespace: str, model_name: str, cluster_ips: Sequence[str],
-              stable_cluster_ip: str | None = None, pods: Sequence[str] = ()) -> Route:
+              stable_cluster_ip: str | None = None, pods: Sequence[str] = (), serving: bool = False) -> Route:
     """The activator's route for a model at zero: its ClusterIPs (clients that use the address),
     and its pods through `<name>-stable` (by ClusterIP when known: no DNS lookup in the cold path),
-    plus the addresses of its starting pods (probed and forwarded to directly)."""
+    plus the addresses of its starting pods (probed and forwarded to directly) and whether its
+    Service points at its pods now (`serving`: its turning false closes the activator's gate)."""
     host = labels.stable_service_name(md_name) + f".{namespace}.svc"
     if stable_cluster_ip and stable_cluster_ip != "None":
         host = f"[{stable_cluster_ip}]" if ":" in stable_cluster_ip else stable_cluster_ip
     ips = tuple(ip for ip in cluster_ips if ip and ip != "None")
     return Route(namespace, md_name, model_name, f"{host}:{c.PORT_HTTP}", f"{host}:{c.PORT_GRPC}", ips,
-                 tuple(sorted(set(pods))))
+                 tuple(sorted(set(pods))), serving)
 
 
 def build_activator_service(md_name: str, namespace: str, owner_uid: str) -> dict[str, Any]:
@@ -113,7 +114,8 @@ def _ours(endpointslice: dict[str, Any], md_name: str) -> bool | None:
 
 def slices_to_delete(slices: Iterable[dict[str, Any]], md_name: str, at_zero: bool) -> list[str]:
     """EndpointSlices of the `<name>` Service that must go: at zero, every slice not ours (the
-    controller's, frozen once the selector is gone); serving, ours."""
+    EndpointSlice controller's, frozen once the selector is gone, and the mirroring controller's,
+    copied from the Endpoints the endpoints controller left behind); serving, ours."""
     return sorted(s["metadata"]["name"] for s in slices if _ours(s, md_name) is (not at_zero))
 
 
