@@ -7,9 +7,9 @@
   an EndpointSlice listing them (resources/activator.py), so a change queues those models.
 - **Routes**: the leader publishes every model that may go to zero into the routes ConfigMap the
   activator watches, before any Service points at the activator (a pass switches a Service only
-  once its route is in the last document written). Publishing every scale-to-zero model, not only
-  those at zero, means a model going to zero needs no ConfigMap write on its way: its route is
-  already there, with its ClusterIPs, when the Service switches.
+  once its route is in the last document written). Every scale-to-zero model is published, not
+  only those at zero, so its ClusterIPs are there before the Service switches; the route's
+  `serving` flag turning false on the way to zero closes the activator's gate.
 
 Decisions live in autoscale/zero.py and resources/activator.py; this module only moves facts.
 """
