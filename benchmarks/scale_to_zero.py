@@ -36,6 +36,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -104,51 +106,64 @@ def _ready(port: int) -> bool:
         return False
 
 
+def _held_round(x: np.ndarray, clients: int, sender: Callable[[int], Callable[[np.ndarray], object]],
+                held: Callable[[], float], server: AbstractContextManager[object], http_port: int,
+                on_ready: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """`clients` concurrent requests (client i sends through `sender(i)`), held until `held()` counts
+    them all, then Triton (`server`) starts; `on_ready` runs the moment Triton answers ready (a
+    20 ms poll). Times from Triton's start."""
+    done: list[float | None] = [None] * clients
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        try:
+            sender(i)(x[i % len(x)][None])
+            done[i] = time.monotonic()
+        except Exception as e:
+            errors.append(repr(e)[:200])
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while held() < clients and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ready_at: list[float] = []
+    stop = threading.Event()
+
+    def watch_ready() -> None:
+        while not stop.is_set():
+            if _ready(http_port):
+                ready_at.append(time.monotonic())
+                on_ready()
+                return
+            time.sleep(0.02)
+
+    started = time.monotonic()
+    watcher = threading.Thread(target=watch_ready, daemon=True)
+    watcher.start()
+    with server:
+        for t in threads:
+            t.join(timeout=180)
+        stop.set()
+        watcher.join(timeout=5)
+    return _summary(done, started, ready_at, errors, clients)
+
+
 def cold_round(repo: Path, x: np.ndarray, clients: int, work: Path, k: int) -> dict[str, Any]:
     ports = (free_port(), free_port(), free_port())
     routes = work / f"routes-{k}.json"
     write_routes(routes, [{"namespace": "ml", "name": NAME, "model": NAME, "clusterIPs": ["127.0.0.1"],
                            "http": f"127.0.0.1:{ports[0]}", "grpc": f"127.0.0.1:{ports[1]}"}])
-    done: list[float | None] = [None] * clients
-    errors: list[str] = []
     with running_activator(work / f"activator-{k}.log", {
         "MD_ACTIVATOR_ROUTES_FILE": str(routes), "MD_ACTIVATOR_MAX_HELD": str(max(clients, 1)),
         "MD_ACTIVATOR_HOLD_TIMEOUT_SECONDS": "180"}) as act:
         while act.metric("modeldeploy_activator_routes") != 1:
             time.sleep(0.05)
-
-        def one(i: int) -> None:
-            try:
-                send = _http(act.http_url) if i % 2 == 0 else _grpc(act.grpc_url)
-                send(x[i % len(x)][None])
-                done[i] = time.monotonic()
-            except Exception as e:
-                errors.append(repr(e)[:200])
-
-        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
-        for t in threads:
-            t.start()
-        while act.metric("modeldeploy_activator_held_requests", namespace="ml", name=NAME) < clients:
-            time.sleep(0.05)
-        ready_at: list[float] = []
-        stop = threading.Event()
-
-        def watch_ready() -> None:
-            while not stop.is_set():
-                if _ready(ports[0]):
-                    ready_at.append(time.monotonic())
-                    return
-                time.sleep(0.02)
-
-        started = time.monotonic()
-        watcher = threading.Thread(target=watch_ready, daemon=True)
-        watcher.start()
-        with serving.running(repo, work / f"triton-{k}.log", ports=ports):
-            for t in threads:
-                t.join(timeout=180)
-            stop.set()
-            watcher.join(timeout=5)
-    return _summary(done, started, ready_at, errors, clients)
+        return _held_round(
+            x, clients, lambda i: _http(act.http_url) if i % 2 == 0 else _grpc(act.grpc_url),
+            lambda: act.metric("modeldeploy_activator_held_requests", namespace="ml", name=NAME),
+            serving.running(repo, work / f"triton-{k}.log", ports=ports), ports[0])
 
 
 def _summary(done: list[float | None], started: float, ready_at: list[float], errors: list[str],
@@ -168,42 +183,9 @@ def keda_cold_round(icp: keda.Interceptor, repo: Path, x: np.ndarray, clients: i
     """One cold round through the interceptor: HTTP clients held there, Triton started, the endpoint
     marked ready the moment Triton answers its readiness probe."""
     icp.set_ready(False)
-    done: list[float | None] = [None] * clients
-    errors: list[str] = []
-
-    def one(i: int) -> None:
-        try:
-            _http(icp.url)(x[i % len(x)][None])
-            done[i] = time.monotonic()
-        except Exception as e:
-            errors.append(repr(e)[:200])
-
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 30
-    while icp.held() < clients and time.monotonic() < deadline:
-        time.sleep(0.05)
-    ready_at: list[float] = []
-    stop = threading.Event()
-
-    def watch_ready() -> None:
-        while not stop.is_set():
-            if _ready(ports[0]):
-                ready_at.append(time.monotonic())
-                icp.set_ready(True)
-                return
-            time.sleep(0.02)
-
-    started = time.monotonic()
-    watcher = threading.Thread(target=watch_ready, daemon=True)
-    watcher.start()
-    with serving.running(repo, work / f"triton-keda-{k}.log", extra_args=("--http-address=0.0.0.0",), ports=ports):
-        for t in threads:
-            t.join(timeout=180)
-        stop.set()
-        watcher.join(timeout=5)
-    summary = _summary(done, started, ready_at, errors, clients)
+    summary = _held_round(x, clients, lambda i: _http(icp.url), icp.held,
+                          serving.running(repo, work / f"triton-keda-{k}.log", extra_args=("--http-address=0.0.0.0",),
+                                          ports=ports), ports[0], on_ready=lambda: icp.set_ready(True))
     summary["http_p50_s"] = summary["p50_s"]  # every client is HTTP here
     return summary
 
