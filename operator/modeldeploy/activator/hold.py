@@ -115,8 +115,6 @@ class Gate:
         to where its last pods were."""
         if self.route.serving and not route.serving:
             self.close("the model went to zero")
-        if route.serving:
-            self._target = None  # its Service has Ready pods: no pod address outlives them here
         self.route = route
 
     async def _probe_once(self) -> Route | None:
