@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from localcluster import binaries
+from tests.support import chart
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +54,7 @@ def test_chart_crd_is_the_one_in_crds_dir() -> None:
 
 def test_operator_is_restricted_and_highly_available_by_default() -> None:
     docs = _render()
-    (dep,) = _by_kind(docs, "Deployment")
+    dep = chart.operator_deployment(docs)
     assert dep["spec"]["replicas"] == 2
     assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     container = dep["spec"]["template"]["spec"]["containers"][0]
@@ -64,7 +65,7 @@ def test_operator_is_restricted_and_highly_available_by_default() -> None:
     anti = dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
     assert anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == \
         "kubernetes.io/hostname"
-    (pdb,) = _by_kind(docs, "PodDisruptionBudget")
+    (pdb,) = [p for p in _by_kind(docs, "PodDisruptionBudget") if p["metadata"]["name"] == dep["metadata"]["name"]]
     assert pdb["spec"]["maxUnavailable"] == 1
     (role,) = [r for r in _by_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader")]
     assert role["metadata"]["namespace"] == "modeldeploy-system"
@@ -72,9 +73,11 @@ def test_operator_is_restricted_and_highly_available_by_default() -> None:
     assert named == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease],
                       "verbs": ["get", "list", "watch", "update"]}]
     # One replica without election is allowed; two writers without a leader are refused.
-    (single,) = _by_kind(_render("replicaCount=1", "leaderElection.enabled=false"), "Deployment")
+    alone = _render("replicaCount=1", "leaderElection.enabled=false")
+    single = chart.operator_deployment(alone)
     assert single["spec"]["replicas"] == 1
-    assert not _by_kind(_render("replicaCount=1", "leaderElection.enabled=false"), "PodDisruptionBudget")
+    assert not [p for p in _by_kind(alone, "PodDisruptionBudget")
+                if p["metadata"]["name"] == single["metadata"]["name"]]
     refused = _helm("template", "md", str(CHART), "--kube-version", "1.35.4", "--set", "leaderElection.enabled=false",
                     check=False)
     assert refused.returncode != 0 and "replicaCount > 1 needs leaderElection.enabled" in refused.stderr
@@ -99,10 +102,10 @@ def test_rbac_is_minimal() -> None:
 
 def test_watch_namespaces_gives_roles_not_cluster_roles() -> None:
     docs = _render("watchNamespaces={ml,team-b}")
-    roles = [r for r in _by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader")]
+    roles = [r for r in _by_kind(docs, "Role") if r["metadata"].get("namespace") not in (None, "modeldeploy-system")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "team-b"]
     assert [r["metadata"]["name"] for r in _by_kind(docs, "ClusterRole")] == ["md-modeldeploy-discovery"]
-    (dep,) = _by_kind(docs, "Deployment")
+    dep = chart.operator_deployment(docs)
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MD_WATCH_NAMESPACES"] == "ml,team-b"
 

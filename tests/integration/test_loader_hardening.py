@@ -299,7 +299,9 @@ def test_the_chart_value_reaches_the_operator_setting(tmp_path: Path, values: st
     (tmp_path / "values.yaml").write_text(values or "{}\n")
     out = subprocess.run([str(binaries.ensure("helm")["helm"]), "template", "md", str(chart), "--kube-version",
                           "1.35.4", "-f", str(tmp_path / "values.yaml")], text=True, capture_output=True, check=True)
-    (operator,) = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "Deployment"]
+    from tests.support.chart import operator_deployment
+
+    operator = operator_deployment([d for d in yaml.safe_load_all(out.stdout) if d])
     env = {e["name"]: e["value"] for e in operator["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
     assert config.from_env(env).max_download_bytes == expected
 

@@ -93,7 +93,8 @@ def _narrow_operator(cluster: ClusterHandle, namespace: str, work: Path) -> op.O
     Gateway API rule (as a platform team that removed it would have)."""
     rendered = op.helm(cluster, "template", op.RELEASE, str(op.CHART), "--namespace", op.SYSTEM_NAMESPACE,
                        "--kube-version", "1.35.0", "--set", f"watchNamespaces={{{namespace}}}").stdout
-    role = next(d for d in yaml.safe_load_all(rendered) if d and d.get("kind") == "Role")
+    role = next(d for d in yaml.safe_load_all(rendered)
+                if d and d.get("kind") == "Role" and d["metadata"].get("namespace") == namespace)
     rules = [r for r in role["rules"] if "gateway.networking.k8s.io" not in r.get("apiGroups", [])]
     assert len(rules) < len(role["rules"]), "the chart's Role grants the Gateway API: the test removes it"
     account = "narrow-operator"
