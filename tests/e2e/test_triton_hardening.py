@@ -203,10 +203,14 @@ def test_policies_are_admitted_owned_and_select_the_right_pods_and_ports(served:
         served.pod["metadata"]["name"]]
     revision = served.pod["metadata"]["labels"]["modeldeploy.io/revision"]
     assert validation["spec"]["podSelector"] == {"matchLabels": {LABEL_JOB_NAME: job_name(MODEL, revision)}}
-    clients, metrics = serving["spec"]["ingress"]
+    clients, activator, metrics = serving["spec"]["ingress"]  # the chart's activator is on by default
     assert [p["port"] for p in clients["ports"]] == [8000, 8001]
     assert clients["from"] == [{"podSelector": {}}, {"namespaceSelector": {}},
                                {"ipBlock": {"cidr": f"{served.store_host}/32"}}]
+    assert [p["port"] for p in activator["ports"]] == [8000, 8001]
+    assert activator["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": op.SYSTEM_NAMESPACE}}, "podSelector": {"matchLabels": {
+            "app.kubernetes.io/instance": op.RELEASE, "app.kubernetes.io/name": "modeldeploy-activator"}}}]
     assert [p["port"] for p in metrics["ports"]] == [8002]
     assert metrics["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == [op.SYSTEM_NAMESPACE]
     dns, store = serving["spec"]["egress"]
