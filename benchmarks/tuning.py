@@ -126,6 +126,27 @@ def _combined(points: list[Point]) -> dict[str, Any]:
             "requests": sum(p.requests for p in points)}
 
 
+def compare_levels(targets: dict[str, tuple[str, str]], requests: list[Request], duration_s: float,
+                   warmup_s: float, label: str = "") -> list[dict[str, Any]]:
+    """Default and tuned (`targets`: which -> (url, model name)) at each level, in ROUNDS rounds
+    alternating, the order swapped each round: both see the same machine. One row per level."""
+    rows: list[dict[str, Any]] = []
+    for level in LEVELS:
+        got: dict[str, list[Point]] = {"default": [], "tuned": []}
+        for r in range(ROUNDS):
+            for which in (("default", "tuned") if r % 2 == 0 else ("tuned", "default")):
+                url, name = targets[which]
+                got[which].append(closed_loop(url, name, requests, level, duration_s / ROUNDS, warmup_s))
+        d, t = _combined(got["default"]), _combined(got["tuned"])
+        rows.append({"concurrency": level, "default": d, "tuned": t,
+                     "throughputRatio": round(t["throughput"] / d["throughput"], 3),
+                     "p99Ratio": round(t["p99Ms"] / d["p99Ms"], 3)})
+        print(f"  {label}c={level:>2}: default {d['throughput']:8.1f}/s p99 {d['p99Ms']:7.1f}ms | tuned "
+              f"{t['throughput']:8.1f}/s p99 {t['p99Ms']:7.1f}ms | {rows[-1]['throughputRatio']}x, p99 "
+              f"{rows[-1]['p99Ratio']}x", flush=True)
+    return rows
+
+
 def bench_model(model: Model, work: Path, budget_s: float, duration_s: float, warmup_s: float) -> dict[str, Any]:
     repo, store = work / f"{model.name}-repo", work / f"{model.name}-store"
     repo.mkdir()
@@ -138,20 +159,8 @@ def bench_model(model: Model, work: Path, budget_s: float, duration_s: float, wa
         serve(triton, repo, store / default["key"], names["default"])
         serve(triton, repo, store / tuned["key"], names["tuned"])
         url = f"http://{triton.http_url}"
-        rows: list[dict[str, Any]] = []
-        for level in LEVELS:
-            got: dict[str, list[Point]] = {"default": [], "tuned": []}
-            for r in range(ROUNDS):  # alternating, and the order swapped each round: both see the same machine
-                for which in (("default", "tuned") if r % 2 == 0 else ("tuned", "default")):
-                    got[which].append(closed_loop(url, names[which], model.requests, level, duration_s / ROUNDS,
-                                                  warmup_s))
-            d, t = _combined(got["default"]), _combined(got["tuned"])
-            rows.append({"concurrency": level, "default": d, "tuned": t,
-                         "throughputRatio": round(t["throughput"] / d["throughput"], 3),
-                         "p99Ratio": round(t["p99Ms"] / d["p99Ms"], 3)})
-            print(f"  {model.name} c={level:>2}: default {d['throughput']:8.1f}/s p99 {d['p99Ms']:7.1f}ms | tuned "
-                  f"{t['throughput']:8.1f}/s p99 {t['p99Ms']:7.1f}ms | {rows[-1]['throughputRatio']}x, p99 "
-                  f"{rows[-1]['p99Ratio']}x", flush=True)
+        rows = compare_levels({w: (url, names[w]) for w in names}, model.requests, duration_s, warmup_s,
+                              f"{model.name} ")
     top = rows[-1]
     goal = GOALS[model.name]
     met = bool(top["throughputRatio"] and top["throughputRatio"] >= goal and top["p99Ratio"] <= 1.0)

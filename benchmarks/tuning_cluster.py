@@ -38,10 +38,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "hack")]
 
 from benchmarks._report import write_json  # noqa: E402
 from benchmarks.coldstart import NAMESPACES, built_stack, log  # noqa: E402
-from benchmarks.tuning import LEVELS, ROUNDS, _combined  # noqa: E402
-from modeldeploy.loader.tune_client import closed_loop  # noqa: E402
+from benchmarks.tuning import compare_levels  # noqa: E402
 from modeldeploy.loader.tune_triton import requests_from  # noqa: E402
-from modeldeploy.tuning.score import Point  # noqa: E402
 from tests.support import cluster as cluster_support  # noqa: E402
 from tests.support import serving_digits as sd  # noqa: E402
 from tests.support.cluster import ClusterHandle, wait_for  # noqa: E402
@@ -122,20 +120,7 @@ def main() -> int:
         same = answers(urls["default"], x) == answers(urls["tuned"], x)
         results["sameAnswers"] = same
         requests = requests_from({"input_0": x}, ["output_0"])
-        rows = []
-        for level in LEVELS:
-            got: dict[str, list[Point]] = {"default": [], "tuned": []}
-            for r in range(ROUNDS):
-                for which in (("default", "tuned") if r % 2 == 0 else ("tuned", "default")):
-                    got[which].append(closed_loop(urls[which], "digits", requests, level, args.duration / ROUNDS,
-                                                  args.warmup))
-            d, t = _combined(got["default"]), _combined(got["tuned"])
-            rows.append({"concurrency": level, "default": d, "tuned": t,
-                         "throughputRatio": round(t["throughput"] / d["throughput"], 3),
-                         "p99Ratio": round(t["p99Ms"] / d["p99Ms"], 3)})
-            log(f"c={level:>2}: default {d['throughput']:8.1f}/s p99 {d['p99Ms']:7.1f}ms | tuned "
-                f"{t['throughput']:8.1f}/s p99 {t['p99Ms']:7.1f}ms | {rows[-1]['throughputRatio']}x, p99 "
-                f"{rows[-1]['p99Ratio']}x")
+        rows = compare_levels({w: (u, "digits") for w, u in urls.items()}, requests, args.duration, args.warmup)
         results["levels"] = rows
     finally:
         if args.keep:
