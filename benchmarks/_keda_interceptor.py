@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import kubernetes
+
 from localcluster.process import free_port
 from tests.support import cluster as cluster_support
 
@@ -57,23 +59,32 @@ def host_address() -> str:
 class Interceptor:
     url: str  # host:port of the proxy
     admin: str
-    cluster: cluster_support.ClusterHandle
+    slices: kubernetes.client.DiscoveryV1Api
     address: str
     port: int
 
     def set_ready(self, ready: bool) -> None:
         """What the kubelet and the EndpointSlice controller would write when the pod turns (not) Ready
         (one PATCH through the API client: milliseconds, faster than any cluster writes it)."""
-        import kubernetes
+        self.slices.patch_namespaced_endpoint_slice(SLICE, NAMESPACE, {
+            "endpoints": _slice(self.address, self.port, ready)["endpoints"]})
 
-        api = kubernetes.client.DiscoveryV1Api(self._api())
-        api.patch_namespaced_endpoint_slice(SLICE, NAMESPACE, {"endpoints": [
-            {"addresses": [self.address], "conditions": {"ready": ready}}]})
-
-    def _api(self):  # type: ignore[no-untyped-def]
-        if not hasattr(self, "_client"):
-            self._client = self.cluster.api_client()
-        return self._client
+    def wait_routed(self, timeout: float = 60) -> None:
+        """Until the interceptor knows the route: an unknown host is 404, a known one with no ready
+        endpoint is held (the read times out here)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=0.5)
+                return  # answered: routed (and ready)
+            except urllib.error.HTTPError as e:
+                if e.code != 404:
+                    return
+            except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
+                if isinstance(e, TimeoutError) or "timed out" in str(e):
+                    return  # held: routed, waiting for an endpoint
+            time.sleep(0.2)
+        raise RuntimeError("the interceptor never routed the model")
 
     def held(self) -> int:
         """Requests inside the interceptor now (its admin /queue, what the add-on's scaler reads)."""
@@ -87,24 +98,6 @@ def _slice(address: str, port: int, ready: bool) -> dict[str, object]:
             "metadata": {"name": SLICE, "labels": {"kubernetes.io/service-name": SERVICE}},
             "addressType": "IPv4", "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
             "endpoints": [{"addresses": [address], "conditions": {"ready": ready}}]}
-
-
-def _routed(proxy: str, timeout: float = 60) -> None:
-    """Wait until the interceptor knows the route: an unknown host is 404, a known one with no ready
-    endpoint is held (read times out here)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://{proxy}/v2/health/ready", timeout=0.5)
-            return  # answered: routed (and ready)
-        except urllib.error.HTTPError as e:
-            if e.code != 404:
-                return
-        except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
-            if isinstance(e, TimeoutError) or "timed out" in str(e):
-                return  # held: routed, waiting for an endpoint
-        time.sleep(0.2)
-    raise RuntimeError("the interceptor never routed the model")
 
 
 @contextmanager
@@ -132,7 +125,8 @@ def running_interceptor(binary: Path, src: Path, work: Path, triton_http_port: i
                "KEDA_HTTP_DIRECT_POD_ROUTING": "true", "OTEL_PROM_EXPORTER_PORT": str(free_port())}
         log = (work / "keda-interceptor.log").open("w")
         proc = subprocess.Popen([str(binary)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        yield Interceptor(url=f"127.0.0.1:{proxy}", admin=f"127.0.0.1:{admin}", cluster=tc, address=address,
+        yield Interceptor(url=f"127.0.0.1:{proxy}", admin=f"127.0.0.1:{admin}",
+                          slices=kubernetes.client.DiscoveryV1Api(tc.api_client()), address=address,
                           port=triton_http_port)
     finally:
         if proc is not None:
@@ -142,7 +136,3 @@ def running_interceptor(binary: Path, src: Path, work: Path, triton_http_port: i
             except subprocess.TimeoutExpired:
                 proc.kill()
         cluster_support.stop(tc)
-
-
-def wait_routed(icp: Interceptor) -> None:
-    _routed(icp.url)

@@ -196,7 +196,7 @@ def keda_runs(src: Path, repo: Path, x: np.ndarray, clients: int, rounds: int, c
     ports = (free_port(), free_port(), free_port())
     inputs = [x[i][None] for i in range(64)]
     with keda.running_interceptor(binary, src, work, ports[0]) as icp:
-        keda.wait_routed(icp)
+        icp.wait_routed()
         cold = [keda_cold_round(icp, repo, x, clients, work, k, ports) for k in range(rounds)]
         with serving.running(repo, work / "triton-keda-steady.log", extra_args=("--http-address=0.0.0.0",),
                              ports=ports):

@@ -109,18 +109,24 @@ class ActivatorLink:
             return {}
         return {(r.namespace, r.name): r for r in table.routes}
 
+    def _current(self) -> dict[Key, Route]:
+        """The routes document as last written or read; read from the ConfigMap the first time.
+        The caller holds the write lock."""
+        with self._lock:
+            current = self._routes
+        if current is None:
+            current = self._load_routes()
+            with self._lock:
+                self._routes = current
+        return current
+
     def has_route(self, namespace: str, name: str) -> bool:
-        """Whether the routes document holds this model (read from the ConfigMap on first use)."""
+        """Whether the routes document holds this model."""
         with self._lock:
             routes = self._routes
         if routes is None:
             with self._write_lock:
-                with self._lock:
-                    routes = self._routes
-                if routes is None:
-                    routes = self._load_routes()
-                    with self._lock:
-                        self._routes = routes
+                routes = self._current()
         return (namespace, name) in routes
 
     def published(self, route: Route) -> bool:
@@ -139,13 +145,8 @@ class ActivatorLink:
 
     def _update(self, key: Key, route: Route | None, known: Callable[[], set[Key]] | None) -> bool:
         with self._write_lock:
-            with self._lock:
-                current = self._routes
-            if current is None:
-                current = self._load_routes()
+            current = self._current()
             if current.get(key) == route:
-                with self._lock:
-                    self._routes = current
                 return False
             wanted = {k: r for k, r in current.items() if k != key}
             if route is not None:
