@@ -505,3 +505,27 @@ def test_model_pods_admit_the_activators_forwards_on_http_and_grpc_only() -> Non
     without = build_network_policies("digits", NS, "u", "abc",
                                      dataclasses.replace(settings, activator_pod_labels=None))[0]
     assert len(without["spec"]["ingress"]) == len(serving["spec"]["ingress"]) - 1
+
+
+def test_the_link_reads_the_routes_once_and_writes_only_changes() -> None:
+    """ActivatorLink's routes document: a new leader starts from what the ConfigMap holds (has_route
+    before any write), an unchanged route is not written again, withdraw drops it."""
+    from modeldeploy.activation import ActivatorLink
+    from modeldeploy.activator.routes import dump_routes
+    from modeldeploy.kube.activator import ROUTES_KEY
+
+    kube = MemoryKube()
+    settings = Settings(activator_service="modeldeploy-activator",  # type: ignore[arg-type]
+                        activator_namespace="modeldeploy-system")
+    route = ra.route_for("digits", NS, "digits", ["10.96.0.7"], "10.96.0.8")
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": settings.activator_routes, "namespace": "modeldeploy-system"},
+                "data": {ROUTES_KEY: dump_routes([route])}})
+    link = ActivatorLink(kube, settings, on_demand=lambda *a: None, on_activator_change=lambda: None)
+    assert link.has_route(NS, "digits") and not link.has_route(NS, "other")
+    assert link.publish(route) is False  # already there: no write
+    serving = dataclasses.replace(route, serving=True)
+    assert link.publish(serving) is True and link.published(serving)
+    cm = kube.get_or_none("ConfigMap", "modeldeploy-system", settings.activator_routes)
+    assert cm is not None and '"serving": true' in cm["data"][ROUTES_KEY]
+    assert link.withdraw(NS, "digits") is True and not link.has_route(NS, "digits")
