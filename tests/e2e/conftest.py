@@ -26,8 +26,9 @@ def stack(request: pytest.FixtureRequest, real_cluster: ClusterHandle) -> Iterat
 
 @pytest.fixture(autouse=True)
 def operator_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After a failed e2e test, print each operator pod's last log lines: CI keeps only pytest's
-    report, and the operator's decisions are what explain a rollout that did not finish."""
+    """After a failed e2e test, print the cluster's state and each operator pod's last log lines:
+    CI keeps only pytest's report, and the operator's decisions are what explain a rollout that did
+    not finish."""
     yield
     failed = any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
     if "real_cluster" not in request.fixturenames or not failed:
@@ -35,6 +36,7 @@ def operator_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     from tests.support.operator import SYSTEM_NAMESPACE
 
     tc: ClusterHandle = request.getfixturevalue("real_cluster")
+    print(f"----- cluster state after the failure -----\n{tc.state()}")
     pods = tc.kubectl("get", "pods", "-n", SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=modeldeploy-operator",
                       "-o", "name", check=False).stdout.split()
     for pod in pods:

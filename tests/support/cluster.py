@@ -56,6 +56,51 @@ class ClusterHandle:
     def audit_log(self) -> Path | None:
         return self.local.logs / "audit.log" if self.local else None
 
+    def state(self) -> str:
+        """What a failed e2e test needs to explain itself when only its report survives (CI keeps
+        pytest's output): each node's conditions, every pod that is not Running and Ready (phase,
+        restarts, why its containers wait or last ended), the newest Warning events, and the end of
+        the kubelet's log when the node is not Ready."""
+        lines: list[str] = []
+        try:
+            for node in self.kubectl_json("get", "nodes")["items"]:
+                conds = {c["type"]: c for c in node.get("status", {}).get("conditions", [])}
+                bad = [f"{t}={c['status']} ({c.get('reason', '')})" for t, c in conds.items()
+                       if (t == "Ready") != (c["status"] == "True")]
+                lines.append(f"node {node['metadata']['name']}: " + ("; ".join(bad) or "Ready, no pressure"))
+            for pod in self.kubectl_json("get", "pods", "-A")["items"]:
+                st = pod.get("status", {})
+                ready = any(c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions", []))
+                if st.get("phase") == "Succeeded" or (st.get("phase") == "Running" and ready):
+                    continue
+                why = []
+                for cs in st.get("initContainerStatuses", []) + st.get("containerStatuses", []):
+                    for key in ("state", "lastState"):
+                        for what, detail in (cs.get(key) or {}).items():
+                            if what != "running" and detail:
+                                message = (detail.get("message") or "")[:160]
+                                why.append(f"{cs['name']} {key}.{what}: {detail.get('reason', '')} {message} "
+                                           f"(exit {detail.get('exitCode', '-')})")
+                    if cs.get("restartCount"):
+                        why.append(f"{cs['name']} restarts {cs['restartCount']}")
+                unsched = [c.get("message", "") for c in st.get("conditions", []) if c.get("reason") == "Unschedulable"]
+                lines.append(f"pod {pod['metadata']['namespace']}/{pod['metadata']['name']}: {st.get('phase')}, "
+                             f"ready={ready}; " + "; ".join(why + unsched))
+            events = [e for e in self.kubectl_json("get", "events", "-A")["items"] if e.get("type") == "Warning"]
+            events.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+            for e in events[-15:]:
+                obj = e.get("involvedObject", {})
+                message = (e.get("message") or "")[:200]
+                lines.append(f"event {e.get('lastTimestamp') or e.get('eventTime')} {obj.get('kind')} "
+                             f"{obj.get('namespace')}/{obj.get('name')}: {e.get('reason')}: {message}")
+        except Exception as e:  # the state is a diagnosis, never the failure itself
+            lines.append(f"(cluster state unreadable: {e})")
+        if self.local is not None and not any(ln.startswith("node ") and "Ready, no pressure" in ln for ln in lines):
+            kubelet = self.local.logs / "kubelet.log"
+            if kubelet.exists():
+                lines += ["kubelet.log, last lines:", *kubelet.read_text(errors="replace").splitlines()[-20:]]
+        return "\n".join(lines)
+
 
 def start(name: str = "pytest") -> ClusterHandle:
     """Use $MD_TEST_KUBECONFIG if set, else bring up (or reuse) the local cluster `name`."""

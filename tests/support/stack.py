@@ -40,7 +40,10 @@ def prepare(tc: ClusterHandle, namespace: str, *chart_values: str) -> objectstor
         subprocess.run([sys.executable, str(ROOT / "hack" / "demo_digits.py"), "publish", "--cluster", cfg.name,
                         "--version", version], check=True, capture_output=True)
     op.install_chart(tc, *CHART_VALUES, *chart_values)
-    tc.kubectl("rollout", "status", "deployment/modeldeploy", "-n", op.SYSTEM_NAMESPACE, "--timeout=120s")
+    try:
+        tc.kubectl("rollout", "status", "deployment/modeldeploy", "-n", op.SYSTEM_NAMESPACE, "--timeout=120s")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\ncluster state:\n{tc.state()}") from None
     tc.kubectl("create", "namespace", namespace)
     tc.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"},
