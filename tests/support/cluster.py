@@ -17,6 +17,9 @@ from localcluster import binaries
 from localcluster import cluster as localcluster
 from localcluster.config import ClusterConfig
 
+# Warnings every pod or node of the local cluster gets (no cluster DNS; cgroup v1 hosts): not a diagnosis.
+_ALWAYS_WARNED = frozenset({"MissingClusterDNS", "CgroupV1"})
+
 # `make demo`'s cluster: tests never start, reuse or take down a cluster of that name.
 DEMO_CLUSTER = "modeldeploy"
 # The e2e tier's real node keeps the conventional Service range (its tests expect the `kubernetes`
@@ -86,7 +89,8 @@ class ClusterHandle:
                 unsched = [c.get("message", "") for c in st.get("conditions", []) if c.get("reason") == "Unschedulable"]
                 lines.append(f"pod {pod['metadata']['namespace']}/{pod['metadata']['name']}: {st.get('phase')}, "
                              f"ready={ready}; " + "; ".join(why + unsched))
-            events = [e for e in self.kubectl_json("get", "events", "-A")["items"] if e.get("type") == "Warning"]
+            events = [e for e in self.kubectl_json("get", "events", "-A")["items"]
+                      if e.get("type") == "Warning" and e.get("reason") not in _ALWAYS_WARNED]
             events.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
             for e in events[-15:]:
                 obj = e.get("involvedObject", {})
