@@ -60,6 +60,7 @@ from modeldeploy.resources import deployment  # noqa: E402
 from modeldeploy.resources.build_job import gate_triton_args  # noqa: E402
 from modeldeploy.resources.triton_config import (  # noqa: E402
     Backend,
+    DynamicBatching,
     ModelConfig,
     TensorSpec,
     instance_groups,
@@ -247,10 +248,16 @@ def requests(n: int = 64) -> tuple[list[Any], np.ndarray]:
 
 # ---------------------------------------------------------------- phases
 
-def phase_serve_and_metrics(bundle: Bundle, out: Path) -> dict[str, Any]:
+def phase_serve_and_metrics(bundle: Bundle, out: Path, concurrency: int, batched: bool) -> dict[str, Any]:
+    """`batched`: the configuration the GPU sweep chose (dynamic batcher, 2 instances, maxBatchSize
+    16) instead of the default, so that the GPU is busy enough for the autoscaler to act."""
     repo = WORK / "serve-repo"
-    model_writer(bundle)(repo / MODEL, base_config())
-    result: dict[str, Any] = {"config": (repo / MODEL / "config.pbtxt").read_text()}
+    cfg = base_config(16 if batched else 8)
+    if batched:
+        cfg = dataclasses.replace(cfg, dynamic_batching=DynamicBatching(0, ()),
+                                  instance_groups=instance_groups(1, 2, Backend.PYTHON))
+    model_writer(bundle)(repo / MODEL, cfg)
+    result: dict[str, Any] = {"config": (repo / MODEL / "config.pbtxt").read_text(), "concurrency": concurrency}
     spec = parse_spec({"model": {"name": MODEL, "format": "python", "source": {"uri": "s3://m/mlp/"}},
                        "serving": {"gpus": 1},
                        "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4,
@@ -292,10 +299,10 @@ def phase_serve_and_metrics(bundle: Bundle, out: Path) -> dict[str, Any]:
             time.sleep(1)
         load: dict[str, Any] = {}
         worker = threading.Thread(target=lambda: load.update(
-            p=closed_loop(f"http://127.0.0.1:{HTTP}", MODEL, reqs, 16, 20.0, 1.0)))
+            p=closed_loop(f"http://127.0.0.1:{HTTP}", MODEL, reqs, concurrency, 20.0, 1.0)))
         worker.start()
         while worker.is_alive():
-            tick("load c=16")
+            tick(f"load c={concurrency}")
             time.sleep(1)
         for _ in range(5):
             tick("after")
@@ -359,6 +366,9 @@ def main() -> int:
     p.add_argument("--gpu-dir", type=Path, default=ROOT / ".gpu")
     p.add_argument("--budget", type=float, default=120.0, help="the tuner's budget (seconds)")
     p.add_argument("--dry-run-cpu", action="store_true", help="here, without a GPU: the cached CPU Triton")
+    p.add_argument("--concurrency", type=int, default=16, help="closed-loop clients in the serving phase")
+    p.add_argument("--batched", action="store_true", help="serve the configuration the GPU sweep chose")
+    p.add_argument("--skip-tuning", action="store_true")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"machine": {"gpus": sh("nvidia-smi -L"), "driver": sh(
@@ -380,8 +390,10 @@ def main() -> int:
         save()
         print(json.dumps(report, indent=2, default=str))
         return 1
-    for name, run in (("serving", lambda: phase_serve_and_metrics(bundle, args.out)),
-                      ("tuning", lambda: phase_tune(bundle, args.out, args.budget))):
+    phases = [("serving", lambda: phase_serve_and_metrics(bundle, args.out, args.concurrency, args.batched))]
+    if not args.skip_tuning:
+        phases.append(("tuning", lambda: phase_tune(bundle, args.out, args.budget)))
+    for name, run in phases:
         log(f"phase {name}")
         try:
             report[name] = run()
