@@ -402,7 +402,7 @@ def main() -> int:
             report[name] = {"error": f"{e}"[-4000:], "trace": traceback.format_exc()[-4000:]}
             log(f"phase {name} failed: {e}")
         save()
-    print(json.dumps({k: v for k, v in report.items()}, indent=1, default=str)[-6000:])
+    print(json.dumps(report, indent=1, default=str)[-6000:])
     return 1 if failed else 0
 
 
