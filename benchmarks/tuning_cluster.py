@@ -45,9 +45,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "hack")]
 
+from benchmarks._compare import compare_levels  # noqa: E402
 from benchmarks._report import write_json  # noqa: E402
 from benchmarks.coldstart import NAMESPACES, built_stack, log  # noqa: E402
-from benchmarks.tuning import GOALS, compare_levels  # noqa: E402
+from benchmarks.tuning import GOALS  # noqa: E402
 from localcluster import objectstore  # noqa: E402
 from modeldeploy.loader.tune_triton import requests_from  # noqa: E402
 from tests.support import cluster as cluster_support  # noqa: E402
@@ -132,10 +133,10 @@ def answers(url: str, case: Case) -> list[int]:
     return out
 
 
-def bench_pair(tc: ClusterHandle, case: Case, budget: str, duration_s: float, warmup_s: float) -> dict[str, Any]:
+def bench_pair(tc: ClusterHandle, store: objectstore.Store, case: Case, budget: str, duration_s: float,
+               warmup_s: float) -> dict[str, Any]:
     """Default and tuned of one model applied together, Ready, compared; deleted afterwards."""
-    assert tc.local is not None
-    sha = hashlib.sha256(objectstore.up(tc.local).get(case.source)).hexdigest()
+    sha = hashlib.sha256(store.get(case.source)).hexdigest()
     names = case.names()
     began = time.monotonic()
     for which, name in names.items():
@@ -189,7 +190,7 @@ def main() -> int:
         assert tc.local is not None
         store = objectstore.up(tc.local)
         for model in args.models:
-            results.append(bench_pair(tc, CASES[model](store), args.budget, args.duration, args.warmup))
+            results.append(bench_pair(tc, store, CASES[model](store), args.budget, args.duration, args.warmup))
     finally:
         if args.keep:
             log(f"kept: cluster {args.cluster} (kubeconfig {tc.kubeconfig})")

@@ -46,8 +46,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "operator")]
+sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
+from benchmarks._compare import compare_levels  # noqa: E402
 from modeldeploy.api import parse_spec  # noqa: E402
 from modeldeploy.autoscale.rates import pod_value  # noqa: E402
 from modeldeploy.autoscale.recommender import Memory, Sample, recommend  # noqa: E402
@@ -71,9 +72,8 @@ from modeldeploy.tuning.space import Hardware  # noqa: E402
 
 WORK = Path("/tmp/md-gpu")
 MODEL = "mlp"
-WIDTH, LAYERS, OUT_WIDTH = 8192, 6, 16
+LAYERS, OUT_WIDTH = 6, 16
 HTTP, METRICS = 18000, 18002
-LEVELS, ROUNDS = (1, 8, 32), 3
 
 MODEL_PY = '''\
 """A user's python model on the GPU: a {layers}-layer {width}-wide MLP in fp32 (weights from a
@@ -128,7 +128,9 @@ class Bundle:
     backend_dir: Path
     env: dict[str, str]
     sites: list[str]  # the stub's sys.path head: numpy<2, then the machine's torch
+    libpython: str = ""  # the folder added for libpython3.12, "" when the linker knows it
     device: str = "cuda:0"
+    width: int = 8192  # the MLP's width: memory-bound at batch 1 on the GPU
 
 
 def libpython_dir() -> str | None:
@@ -166,15 +168,12 @@ def unpack(gpu_dir: Path) -> Bundle:
     import torch
 
     torch_site = str(Path(torch.__file__).resolve().parents[1])
-    return Bundle(triton / "bin" / "tritonserver", triton / "backends", env, [str(site), torch_site])
+    return Bundle(triton / "bin" / "tritonserver", triton / "backends", env, [str(site), torch_site], where)
 
 
 def local_bundle() -> Bundle:
     """A dry run of this script here, on the CPU: the cached CPU tritonserver (`make test`'s, Python
     3.11 stub) and a narrow model, to catch mistakes before spending device time."""
-    global WIDTH
-    WIDTH = 512
-    sys.path[:0] = [str(ROOT)]
     from tests.support.serving import triton_install
 
     install = triton_install()
@@ -182,14 +181,14 @@ def local_bundle() -> Bundle:
     import torch
 
     return Bundle(Path(install.tritonserver), Path(install.backend_dir), env,
-                  [install.stub_site, str(Path(torch.__file__).resolve().parents[1])], device="cpu")
+                  [install.stub_site, str(Path(torch.__file__).resolve().parents[1])], device="cpu", width=512)
 
 
-def base_config(max_batch_size: int = 8) -> ModelConfig:
+def base_config(width: int, max_batch_size: int = 8) -> ModelConfig:
     """What the loader generates for this model by default: maxBatchSize 8, no batcher, one instance
     (a python model gets KIND_CPU instances: its model.py places the work on the GPU itself)."""
     return ModelConfig(name=MODEL, backend=Backend.PYTHON,
-                       inputs=(TensorSpec("x", "TYPE_FP32", (WIDTH,)),),
+                       inputs=(TensorSpec("x", "TYPE_FP32", (width,)),),
                        outputs=(TensorSpec("y", "TYPE_FP32", (OUT_WIDTH,)),),
                        max_batch_size=max_batch_size, instance_groups=instance_groups(1, 1, Backend.PYTHON))
 
@@ -197,7 +196,7 @@ def base_config(max_batch_size: int = 8) -> ModelConfig:
 def model_writer(bundle: Bundle) -> Callable[[Path, ModelConfig], None]:
     def write(d: Path, cfg: ModelConfig) -> None:
         (d / "1").mkdir(parents=True, exist_ok=True)
-        (d / "1" / "model.py").write_text(MODEL_PY.format(sites=bundle.sites, width=WIDTH, layers=LAYERS,
+        (d / "1" / "model.py").write_text(MODEL_PY.format(sites=bundle.sites, width=bundle.width, layers=LAYERS,
                                                           out=OUT_WIDTH, device=bundle.device))
         (d / "config.pbtxt").write_text(render_config(cfg))
     return write
@@ -241,8 +240,8 @@ def serving_args(repo: Path) -> list[str]:
             f"--metrics-port={METRICS}"]
 
 
-def requests(n: int = 64) -> tuple[list[Any], np.ndarray]:
-    x = np.random.default_rng(0).standard_normal((n, WIDTH), dtype=np.float32)
+def requests(width: int, n: int = 64) -> tuple[list[Any], np.ndarray]:
+    x = np.random.default_rng(0).standard_normal((n, width), dtype=np.float32)
     return requests_from({"x": x}, ["y"]), x
 
 
@@ -252,7 +251,7 @@ def phase_serve_and_metrics(bundle: Bundle, out: Path, concurrency: int, batched
     """`batched`: the configuration the GPU sweep chose (dynamic batcher, 2 instances, maxBatchSize
     16) instead of the default, so that the GPU is busy enough for the autoscaler to act."""
     repo = WORK / "serve-repo"
-    cfg = base_config(16 if batched else 8)
+    cfg = base_config(bundle.width, 16 if batched else 8)
     if batched:
         cfg = dataclasses.replace(cfg, dynamic_batching=DynamicBatching(0, ()),
                                   instance_groups=instance_groups(1, 2, Backend.PYTHON))
@@ -266,7 +265,7 @@ def phase_serve_and_metrics(bundle: Bundle, out: Path, concurrency: int, batched
     t0 = time.monotonic()
     with tritonserver(bundle, serving_args(repo), out / "triton-serving.log", "/v2/health/ready"):
         result["readySeconds"] = round(time.monotonic() - t0, 1)
-        reqs, x = requests()
+        reqs, x = requests(bundle.width)
         answer = TritonHTTP(f"http://127.0.0.1:{HTTP}").infer(MODEL, {"x": x[:2]}, ["y"])["y"]
         result["answerShape"] = list(answer.shape)
 
@@ -316,13 +315,13 @@ def phase_serve_and_metrics(bundle: Bundle, out: Path, concurrency: int, batched
 def phase_tune(bundle: Bundle, out: Path, budget_s: float) -> dict[str, Any]:
     repo = WORK / "gate-repo"
     repo.mkdir(parents=True, exist_ok=True)
-    _, x = requests(256)
+    _, x = requests(bundle.width, 256)
     tune = TuneSettings(budget_s=budget_s, cpus=os.cpu_count() or 0)
     hardware = Hardware(cpus=os.cpu_count() or 0, gpus=1, backend=Backend.PYTHON)
     with tritonserver(bundle, gate_triton_args(str(repo), HTTP), out / "triton-gate.log", "/v2/health/live"):
         url = f"http://127.0.0.1:{HTTP}"
         t0 = time.monotonic()
-        tuned = Tuner(GateTarget(url, repo), tune, base_config(), hardware, model_writer(bundle),
+        tuned = Tuner(GateTarget(url, repo), tune, base_config(bundle.width), hardware, model_writer(bundle),
                       {"x": x}, ["y"]).run()
         sweep_s = time.monotonic() - t0
         for line in tuned.table:
@@ -334,26 +333,11 @@ def phase_tune(bundle: Bundle, out: Path, budget_s: float) -> dict[str, Any]:
         names = {"default": f"{MODEL}-default", "tuned": f"{MODEL}-tuned"}
         write = model_writer(bundle)
         client = TritonHTTP(url)
-        for which, cfg in (("default", base_config()), ("tuned", tuned.config)):
+        for which, cfg in (("default", base_config(bundle.width)), ("tuned", tuned.config)):
             write(repo / names[which], dataclasses.replace(cfg, name=names[which]))
             client.load(names[which])
-        reqs, _ = requests()
-        rows = []
-        for level in LEVELS:
-            got: dict[str, list[Any]] = {"default": [], "tuned": []}
-            for r in range(ROUNDS):
-                for which in (("default", "tuned") if r % 2 == 0 else ("tuned", "default")):
-                    got[which].append(closed_loop(url, names[which], reqs, level, 4.0, 1.0))
-            row: dict[str, Any] = {"concurrency": level}
-            for which, points in got.items():
-                if any(pt.errors or not pt.requests for pt in points):
-                    raise RuntimeError(f"{which} failed at c={level}: {points[0].first_error}")
-                row[which] = {"throughput": round(float(np.mean([pt.throughput for pt in points])), 1),
-                              "p99Ms": round(float(np.median([pt.p99_s for pt in points])) * 1000, 2)}
-            row["throughputRatio"] = round(row["tuned"]["throughput"] / row["default"]["throughput"], 2)
-            row["p99Ratio"] = round(row["tuned"]["p99Ms"] / row["default"]["p99Ms"], 2)
-            log(f"c={level}: {row}")
-            rows.append(row)
+        reqs, _ = requests(bundle.width)
+        rows = compare_levels({w: (url, n) for w, n in names.items()}, reqs, 12.0, 1.0)
         ref = client.infer(names["default"], {"x": x[:8]}, ["y"])["y"]
         again = client.infer(names["tuned"], {"x": x[:8]}, ["y"])["y"]
         result.update(levels=rows, sameAnswers=bool(np.allclose(ref, again, rtol=1e-3, atol=1e-5)))
@@ -384,7 +368,7 @@ def main() -> int:
 
         report["machine"]["torch"] = f"{torch.__version__}, cuda {torch.cuda.is_available()}"
         bundle = local_bundle() if args.dry_run_cpu else unpack(args.gpu_dir)
-        report["machine"]["libpython"] = libpython_dir()
+        report["machine"]["libpython"] = bundle.libpython
     except Exception as e:
         report["setup"] = {"error": f"{e}", "trace": traceback.format_exc()}
         save()
