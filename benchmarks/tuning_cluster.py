@@ -21,6 +21,7 @@ at equal or lower p99, never worse than the default, the sweep inside its budget
 NOT MET with the figures (an unmet goal is not an error; the exit status is non-zero when a
 measurement failed or the answers differ).
 
+    make setup images bench-setup     # once: the cluster's tools and images, torchvision for ResNet-50
     .venv/bin/python benchmarks/tuning_cluster.py --json out/tuning_cluster.json   # both, ~12 min
     .venv/bin/python benchmarks/tuning_cluster.py --models digits --budget 1m --duration 6 --keep
 """
